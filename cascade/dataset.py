@@ -1,0 +1,105 @@
+"""Dataset index: an ImageFolder tree (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) as a flat table.
+
+The dashboard browses, filters and caches predictions by this index; it never serves a file that resolves outside the
+chosen root (symlinks included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cascade.errors import ConfigError
+from cascade.images import is_image_file
+
+SPLITS = ("train", "val", "test")
+NO_SPLIT = "all"
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path  # absolute
+    rel: str  # relative to the dataset root, forward slashes
+    split: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    root: Path
+    items: tuple[Item, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        seen = {it.split for it in self.items}
+        return tuple(s for s in (*SPLITS, NO_SPLIT) if s in seen)
+
+    def select(self, split: str | None = None) -> list[Item]:
+        return [it for it in self.items if split in (None, it.split)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: count}}."""
+        out: dict[str, dict[str, int]] = {s: dict.fromkeys(self.classes, 0) for s in self.splits}
+        for it in self.items:
+            out[it.split][it.label] += 1
+        return out
+
+    def fingerprint(self, split: str | None = None) -> str:
+        """Hash of the file list (paths, sizes, mtimes): cached predictions are valid while it does not change."""
+        digest = hashlib.sha256()
+        for it in self.select(split):
+            st = it.path.stat()
+            digest.update(f"{it.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def resolve(self, rel: str) -> Path:
+        """The absolute path of ``rel`` inside the root; refuses anything that escapes it."""
+        return safe_join(self.root, rel)
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """``root/rel`` resolved, or ConfigError when it would leave ``root`` (``..``, absolute paths, symlinks)."""
+    base = Path(root).resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise ConfigError(f"'{rel}' lies outside the dataset root '{base}'")
+    return target
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def _files(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
+    return found
+
+
+def index_dataset(root: str | os.PathLike) -> DatasetIndex:
+    """Index an ImageFolder dataset, with or without train/val/test split folders."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ConfigError(f"dataset folder '{base}' does not exist")
+    base = base.resolve()
+    split_dirs = [base / s for s in SPLITS if (base / s).is_dir()]
+    groups = [(d.name, d) for d in split_dirs] if split_dirs else [(NO_SPLIT, base)]
+    items: list[Item] = []
+    classes: set[str] = set()
+    for split, folder in groups:
+        for cdir in _class_dirs(folder):
+            classes.add(cdir.name)
+            for f in _files(cdir):
+                if f.resolve() != f.absolute() and base not in f.resolve().parents:
+                    continue  # a symlink out of the root is never indexed
+                items.append(Item(f, f.relative_to(base).as_posix(), split, cdir.name))
+    if not items:
+        raise ConfigError(
+            f"no images found in '{base}'; expected ImageFolder layout root/[train|val|test/]<class>/<image>"
+        )
+    return DatasetIndex(base, tuple(items), tuple(sorted(classes)))

@@ -1,0 +1,1 @@
+"""Training a cascade stage on an ImageFolder dataset, writing a jetson-inference model folder."""
