@@ -8,6 +8,9 @@ is an explicit, out-of-place module (``final_relu``) with no parameters, so the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -159,23 +162,39 @@ def feature_layer(model: nn.Module) -> nn.Module:
     raise CheckpointError(f"no known last feature layer for {type(model).__name__}")
 
 
-def gap_linear_head(model: nn.Module) -> nn.Linear | None:
-    """The final Linear when the head is global average pooling + one Linear (so CAM is exact), else None."""
-    from torchvision.models import (
-        DenseNet,
-        EfficientNet,
-        GoogLeNet,
-        MNASNet,
-        MobileNetV2,
-        RegNet,
-        ResNet,
-        ShuffleNetV2,
-    )
+def _resnet_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
-    if isinstance(model, DenseNetClassifier | ResNet | RegNet | GoogLeNet | ShuffleNetV2 | DenseNet):
-        head = model.fc if hasattr(model, "fc") else model.classifier
-        return head if isinstance(head, nn.Linear) else None
+
+def _shufflenet_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.conv5(m.stage4(m.stage3(m.stage2(m.maxpool(m.conv1(x))))))
+
+
+def gap_linear_split(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
+    """``(trunk, head)`` with ``model(x) == head(trunk(x).mean((2, 3)))`` in eval mode, or None for other heads.
+
+    ``trunk(x)`` is the last feature map after its activation; with such a head, CAMs are exact (see cascade.explain).
+    """
+    from torchvision.models import EfficientNet, MNASNet, MobileNetV2, RegNet, ResNet, ShuffleNetV2
+
+    if isinstance(model, DenseNetClassifier):
+        return (lambda x: model.final_relu(model.features(x))), model.classifier
+    if isinstance(model, ResNet) and isinstance(model.fc, nn.Linear):
+        return partial(_resnet_trunk, model), model.fc
+    if isinstance(model, RegNet) and isinstance(model.fc, nn.Linear):
+        return (lambda x: model.trunk_output(model.stem(x))), model.fc
+    if isinstance(model, ShuffleNetV2) and isinstance(model.fc, nn.Linear):
+        return partial(_shufflenet_trunk, model), model.fc
     if isinstance(model, EfficientNet | MobileNetV2 | MNASNet):
         layers = [m for m in model.classifier if not isinstance(m, nn.Dropout)]
-        return layers[0] if len(layers) == 1 and isinstance(layers[0], nn.Linear) else None
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+            trunk = model.layers if isinstance(model, MNASNet) else model.features
+            return trunk, layers[0]
     return None
+
+
+def gap_linear_head(model: nn.Module) -> nn.Linear | None:
+    """The final Linear when the head is global average pooling + one Linear (so CAM is exact), else None."""
+    split = gap_linear_split(model)
+    return None if split is None else split[1]
