@@ -136,11 +136,7 @@ def main(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     train_loader = _loader(train_ds, args.batch_size, True, args.workers, args.seed)
     val_loader = _loader(val_ds, args.batch_size * 2, False, 0, args.seed)
-    steps = args.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=max(steps, 1), pct_start=0.15
-    )
-    start_epoch, best_score, history = 0, -math.inf, []
+    start_epoch, best_score, history, best = 0, -math.inf, [], {}
     out = Path(args.model_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
@@ -148,19 +144,30 @@ def main(args: argparse.Namespace) -> dict:
         if ckpt.get("arch") != args.arch:
             raise CheckpointError(f"--resume checkpoint is a {ckpt.get('arch')}, not --arch {args.arch}")
         load_state_dict(model, ckpt["state_dict"], args.arch)
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
-            scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+        try:
+            if ckpt.get("optimizer"):
+                optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:  # e.g. a jetson SGD state: keep the weights, restart the optimizer
+            log.warning("optimizer state in %s does not fit AdamW (%s); starting it afresh", args.resume, exc)
         start_epoch = int(ckpt.get("epoch", 0))
         prev = out / "metrics.json"
         if prev.exists():
             old = json.loads(prev.read_text())
             history = old.get("epochs", [])[:start_epoch]
-            best_score = old.get("best", {}).get("score", -math.inf)
+            best = old.get("best", {})
+            best_score = best.get("score", -math.inf)
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
     write_labels(out / LABELS_NAME, classes)
-
-    best: dict = {}
+    # One-cycle schedule over the whole run; a resumed run continues it where it stopped (the run may be longer now).
+    steps_done = start_epoch * len(train_loader)
+    resumed_schedule = steps_done > 0 and "initial_lr" in optimizer.param_groups[0]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=args.lr,
+        total_steps=max(args.epochs * len(train_loader), 1),
+        pct_start=0.15,
+        last_epoch=steps_done - 1 if resumed_schedule else -1,
+    )
     for epoch in range(start_epoch, args.epochs):
         model.train()
         t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
@@ -174,7 +181,7 @@ def main(args: argparse.Namespace) -> dict:
             scheduler.step()
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
         val_loss, yv, pv = evaluate(model, val_loader, device, criterion)
         val_report = classification_report(yv, pv.argmax(1), classes, pv, normal_index)
         row = {
@@ -189,7 +196,7 @@ def main(args: argparse.Namespace) -> dict:
         history.append(row)
         score = _score(val_report, args.select_by)
         is_best = score > best_score
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        state = optimizer.state_dict()
         save_checkpoint(
             out / CHECKPOINT_NAME,
             model,

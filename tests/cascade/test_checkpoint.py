@@ -1,5 +1,4 @@
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,15 @@ def _jetson_dict(model, arch, classes, resolution=224):
     """Exactly the keys jetson-inference's train.py writes (accuracy as a tensor, optimizer state)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return {
-        "epoch": 35, "arch": arch, "resolution": resolution, "classes": list(classes), "num_classes": len(classes),
-        "multi_label": False, "state_dict": model.state_dict(), "accuracy": torch.tensor(87.5), "loss": 0.31,
+        "epoch": 35,
+        "arch": arch,
+        "resolution": resolution,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "multi_label": False,
+        "state_dict": model.state_dict(),
+        "accuracy": torch.tensor(87.5),
+        "loss": 0.31,
         "optimizer": opt.state_dict(),
     }
 
@@ -42,8 +48,18 @@ def test_jetson_dict_round_trip_with_capitalised_labels(tmp_path):
     out.mkdir()
     save_checkpoint(out / "model_best.pth.tar", model, "resnet18", classes, 224, 35, 87.5, 0.31)
     ckpt = torch.load(out / "model_best.pth.tar", weights_only=True)
-    assert set(ckpt) >= {"epoch", "arch", "resolution", "classes", "num_classes", "multi_label", "state_dict",
-                         "accuracy", "loss", "optimizer"}
+    assert set(ckpt) >= {
+        "epoch",
+        "arch",
+        "resolution",
+        "classes",
+        "num_classes",
+        "multi_label",
+        "state_dict",
+        "accuracy",
+        "loss",
+        "optimizer",
+    }
     ref2 = torchvision.models.resnet18()
     ref2.fc = torch.nn.Linear(512, ckpt["num_classes"])
     ref2.load_state_dict(ckpt["state_dict"])  # strict: keys are plain torchvision's
@@ -124,8 +140,18 @@ def test_wrong_checkpoints(tmp_path):
 
 @pytest.mark.parametrize(
     "arch",
-    ["resnet18", "densenet121", "vgg11", "alexnet", "squeezenet1_0", "mobilenet_v2", "mobilenet_v3_small",
-     "efficientnet_b0", "regnet_y_400mf", "googlenet"],
+    [
+        "resnet18",
+        "densenet121",
+        "vgg11",
+        "alexnet",
+        "squeezenet1_0",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "regnet_y_400mf",
+        "googlenet",
+    ],
 )
 def test_factory_builds_every_family_with_a_three_class_head(arch):
     assert arch in available_architectures()
@@ -146,5 +172,3 @@ def test_googlenet_jetson_checkpoint_with_aux_heads_loads(tmp_path):
     torch.save(_jetson_dict(ref, "googlenet", ["a", "b", "c"]), tmp_path / "model_best.pth.tar")
     spec, model = load_stage(tmp_path)
     assert spec.classes == ("a", "b", "c")
-
-

@@ -52,8 +52,9 @@ def test_exif_orientation_is_applied():
     assert out.shape == (50, 20)
 
 
-def _dicom_bytes(arr: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None,
-                 pixels=True) -> bytes:
+def _dicom_bytes(
+    arr: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None, pixels=True
+) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
