@@ -4,6 +4,7 @@ import json
 import pytest
 
 from cascade.cli import main
+from tests.conftest import REALDATA
 
 
 @pytest.fixture()
@@ -86,3 +87,13 @@ def test_evaluate_reports_cascade_and_stages(tmp_path, tiny_config, tiny_dataset
         assert r["n"] == 12 and 0 <= r["accuracy"] <= 1
         assert sum(map(sum, r["confusion_matrix"])) == 12
     assert 0 <= report["cascade"]["share_to_stage2"] <= 1
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata-dev is absent")
+def test_predict_reads_every_real_radiograph(tmp_path, tiny_config):
+    out = tmp_path / "real.csv"
+    code = main(["predict", str(REALDATA), "--config", str(tiny_config), "--out", str(out), "--quiet"])
+    rows = list(csv.DictReader(out.open()))
+    expected = [p for p in REALDATA.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")]
+    assert code == 0 and len(rows) == len(expected) >= 3
+    assert all(r["error"] == "" and r["label"] for r in rows)
