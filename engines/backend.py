@@ -15,6 +15,7 @@ import torch
 
 from cascade.checkpoint import StageSpec
 from cascade.errors import CascadeError
+from cascade.explain import CamModel, fast_cam_supported
 
 
 class BackendError(CascadeError):
@@ -26,12 +27,13 @@ class InputSpec:
     name: str
     shape: tuple[int | str, ...]  # e.g. ("N", 3, 224, 224); a fixed batch shows as an int
     dtype: str = "float32"
+    batch_limit: int | None = None  # a dynamic batch with an upper bound (a TensorRT optimisation profile's max)
 
     @property
     def max_batch(self) -> int | None:
         """Largest batch the backend takes in one call (None: any)."""
         first = self.shape[0]
-        return first if isinstance(first, int) else None
+        return first if isinstance(first, int) else self.batch_limit
 
 
 class Backend(ABC):
@@ -82,13 +84,21 @@ class Backend(ABC):
 
 
 class TorchBackend(Backend):
-    """PyTorch eager, CPU or CUDA. Thread-safe: inference mode holds no per-call state on the module."""
+    """PyTorch eager, CPU or CUDA; CAMs through :class:`cascade.explain.CamModel` where the head allows.
+
+    Thread-safe: in inference mode an eval-mode module keeps no per-call state, and CamModel uses no hooks.
+    """
 
     def __init__(self, spec: StageSpec, model: torch.nn.Module, device: str = "cpu") -> None:
         super().__init__(spec)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.name = f"torch-{self.device.type}"
+        self._cam_model = CamModel(self.model).eval() if fast_cam_supported(self.model) else None
+
+    @property
+    def supports_cams(self) -> bool:
+        return self._cam_model is not None
 
     def input_spec(self) -> InputSpec:
         r = self.spec.resolution
@@ -97,6 +107,9 @@ class TorchBackend(Backend):
     def _run(self, batch: np.ndarray, with_cams: bool) -> tuple[np.ndarray, np.ndarray | None]:
         x = torch.from_numpy(batch).to(self.device)
         with torch.inference_mode():
+            if with_cams and self._cam_model is not None:
+                probs, cams = self._cam_model(x)
+                return probs.float().cpu().numpy(), cams.float().cpu().numpy()
             logits = self.model(x)
             probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return probs, None
