@@ -1,0 +1,97 @@
+"""What every page shares: which cascade and dataset are open, the gate, the selected image.
+
+The gate (threshold and rule) lives in two sidebar widgets bound to the URL (``?gate=0.45&rule=top1``), so a link
+reproduces what its sender saw; when they equal the saved gate the URL stays clean. Pages read the gate from here and
+never run a model to re-decide. Config and dataset paths come from the sidebar, seeded from environment variables
+(handy for tests and deployments); they are not put in the URL, so a link cannot point the app at other folders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from cascade.config import DEFAULT_CONFIG
+from cascade.gate import GateRule
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_CONFIG = "KNEE_CASCADE_CONFIG"
+ENV_DATA = "KNEE_CASCADE_DATA"
+ENV_BACKEND = "KNEE_CASCADE_BACKEND"
+DEFAULT_DATA = ROOT / "sample_images"
+
+GATE_KEY = "gate"
+RULE_KEY = "rule"
+CONFIG_KEY = "config_path"
+DATA_KEY = "data_path"
+BACKEND_KEY = "backend"
+SPLIT_KEY = "split"
+SELECTED_KEY = "selected_image"  # rel path of a dataset image, or None
+IMAGE_PARAM = "img"
+GATE_STEP = 0.01
+
+RULE_LABELS = {
+    GateRule.P_NORMAL.value: "P(normal) ≥ t",
+    GateRule.TOP1.value: "normal on top and ≥ t",
+}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the app's models and images come from."""
+
+    config_path: str
+    data_path: str
+    backend: str
+
+
+def default_sources() -> Sources:
+    """Paths from ``KNEE_CASCADE_CONFIG`` / ``KNEE_CASCADE_DATA`` / ``KNEE_CASCADE_BACKEND``, else the demo set-up."""
+    return Sources(
+        os.environ.get(ENV_CONFIG) or str(DEFAULT_CONFIG),
+        os.environ.get(ENV_DATA) or str(DEFAULT_DATA),
+        os.environ.get(ENV_BACKEND) or "auto",
+    )
+
+
+def sources() -> Sources:
+    """The sources chosen in the sidebar (defaults until the sidebar has rendered)."""
+    d = default_sources()
+    ss = st.session_state
+    return Sources(
+        str(ss.get(CONFIG_KEY) or d.config_path).strip(),
+        str(ss.get(DATA_KEY) or d.data_path).strip(),
+        str(ss.get(BACKEND_KEY) or d.backend),
+    )
+
+
+def gate() -> tuple[float, GateRule]:
+    """The current gate threshold and rule (as set by the sidebar widgets)."""
+    t = st.session_state.get(GATE_KEY)
+    rule = st.session_state.get(RULE_KEY)
+    return (0.6 if t is None else float(t)), GateRule.parse(rule or GateRule.P_NORMAL.value)
+
+
+def set_gate(threshold: float, rule: GateRule | str | None = None) -> None:
+    """Move the gate; use as a button callback (widgets may not be changed after they are drawn in a run)."""
+    st.session_state[GATE_KEY] = round(min(max(float(threshold), 0.0), 1.0), 4)
+    if rule is not None:
+        st.session_state[RULE_KEY] = GateRule.parse(rule).value
+
+
+def select_image(rel: str) -> None:
+    """Make a dataset image the one the Explain and Grad-CAM pages show."""
+    st.session_state[SELECTED_KEY] = rel
+
+
+def selected_image() -> str | None:
+    """The selected dataset image: chosen on a page, or given in the URL (``?img=test/normal/x.png``) on arrival."""
+    chosen = st.session_state.get(SELECTED_KEY)
+    if chosen is None:
+        chosen = st.query_params.get(IMAGE_PARAM) or None
+        if chosen:
+            st.session_state[SELECTED_KEY] = chosen
+    return chosen

@@ -1,0 +1,83 @@
+"""Dataset: a paged grid of thumbnails, filtered by class, outcome, route and flips, sorted by margin or confidence."""
+
+import hashlib
+
+import streamlit as st
+
+from dashboard import state, widgets
+from dashboard.components.browse import ANY, SORTS, Filters, apply_filters, browse_table
+from dashboard.resources import app_context, thumbnail
+
+PER_PAGE = 24
+COLUMNS = 6
+
+ctx = app_context()
+st.title("Dataset")
+index = ctx.need_index()
+split = widgets.split_selector(index)
+items = index.select(split)
+preds = None
+if ctx.cascade is None:
+    what, exc = ctx.errors.get("cascade") or ctx.errors["config"]
+    st.warning(f"{what} not loaded ({exc}): browsing only, no outcome filters.", icon=":material/warning:")
+else:
+    preds = widgets.predictions_or_prompt(ctx, split, key="dataset_compute")
+t, rule = state.gate()
+saved = ctx.config.threshold if ctx.config else t
+normal_index = ctx.cascade.normal_index if ctx.cascade else 0
+have = preds is not None
+classes = list(index.classes)
+final_classes = list(ctx.cascade.classes) if ctx.cascade else classes
+
+with st.container(border=True):
+    c = st.columns([3, 3, 2, 2, 3])
+    true_sel = c[0].multiselect("True class", classes, placeholder="any")
+    final_sel = c[1].multiselect("Final class", final_classes, placeholder="any", disabled=not have)
+    correct = c[2].selectbox("Outcome", [ANY, "correct", "incorrect"], disabled=not have)
+    route = c[3].selectbox("Route", [ANY, "stage 2", "stage 1 only"], disabled=not have)
+    sort = c[4].selectbox("Sort by", list(SORTS), disabled=not have)
+    flipped = st.checkbox(
+        f"Only images whose answer differs from the saved gate ({saved:.2f})",
+        disabled=not have,
+        help="Move the gate slider in the sidebar to see which answers change.",
+    )
+filters = Filters(tuple(true_sel), tuple(final_sel), correct, route, flipped, sort if have else "file name")
+table = apply_filters(browse_table(items, preds, normal_index, t, saved, rule), filters)
+if preds is not None and preds.failed:
+    st.warning(f"{len(preds.failed)} image(s) could not be read and have no outcome.", icon=":material/broken_image:")
+
+st.caption(f"{len(table)} of {len(items)} images of '{split}' match.")
+if table.empty:
+    st.stop()
+pages = max(1, -(-len(table) // PER_PAGE))
+# A new filter starts again at page 1: the widget's key follows the filters.
+digest = hashlib.sha1(repr((split, filters, t, rule)).encode()).hexdigest()[:8]
+page = st.pagination(pages, key=f"dataset_page_{digest}") if pages > 1 else 1
+rows = table.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
+by_rel = ctx.items_by_rel
+cols = st.columns(COLUMNS)
+for i, row in enumerate(rows.itertuples(index=False)):
+    item = by_rel[row.rel]
+    with cols[i % COLUMNS].container(border=True):
+        thumb = thumbnail(item)
+        if isinstance(thumb, str):
+            st.error(thumb, icon=":material/broken_image:")
+        else:
+            st.image(thumb, width="stretch")
+        name = row.rel.rsplit("/", 1)[-1]
+        if row.predicted:
+            mark = "✓" if row.correct else "✗"
+            via = "stage 2" if row.routed else "stage 1"
+            st.caption(
+                f"`{name}`  \ntrue **{row.label}** → {mark} **{row.final}** ({via}, {100 * row.confidence:.0f} %)  \n"
+                f"margin {row.margin:+.2f}" + (" · flipped" if row.flipped else "")
+            )
+        else:
+            st.caption(f"`{name}`  \ntrue **{row.label}**")
+        b = st.columns(2)
+        if b[0].button("Explain", key=f"explain_{row.rel}", width="stretch"):
+            state.select_image(row.rel)
+            st.switch_page("views/explain.py")
+        if b[1].button("CAM", key=f"cam_{row.rel}", width="stretch", help="Open on the Grad-CAM page"):
+            state.select_image(row.rel)
+            st.switch_page("views/gradcam.py")
