@@ -1,0 +1,65 @@
+"""The exported ``cam_0`` is Grad-CAM: it matches pytorch-grad-cam's GradCAM at the same layer (correlation ≥ 0.999).
+
+Both maps go through pytorch-grad-cam's own normalisation and upsampling (``scale_cam_image``: min-max per map, then
+bilinear resize to the input size), so only the maps themselves are compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from cascade.checkpoint import load_stage
+from cascade.models import feature_layer
+from engines.export import export_onnx
+from tests.conftest import make_model_dir
+from tests.engines.conftest import input_batches
+
+RESOLUTION = 96  # 3×3 feature maps: enough structure for a correlation to mean something, cheap backward passes
+
+
+@pytest.fixture(scope="module")
+def cam_models(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cam")
+    folders = {
+        arch: make_model_dir(base / arch, arch, resolution=RESOLUTION, seed=21 + i)
+        for i, arch in enumerate(("resnet18", "densenet121"))
+    }
+    for folder in folders.values():
+        export_onnx(folder, verify=False)
+    return folders
+
+
+def _grad_cam(model, batch: np.ndarray, class_index: int) -> np.ndarray:
+    with GradCAM(model=model, target_layers=[feature_layer(model)]) as cam:
+        return cam(input_tensor=torch.from_numpy(batch), targets=[ClassifierOutputTarget(class_index)] * len(batch))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_onnx_cam_equals_pytorch_grad_cam(cam_models, arch):
+    spec, model = load_stage(cam_models[arch])
+    session = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
+    batch = np.concatenate(list(input_batches(RESOLUTION, seed=3, count=2).values()))
+    _, cams = session.run(["output_0", "cam_0"], {"input_0": batch})
+    assert cams.shape[:2] == (len(batch), spec.num_classes) and cams.min() >= 0.0
+    compared = 0
+    for c in range(spec.num_classes):
+        reference = _grad_cam(model, batch, c)
+        ours = scale_cam_image(cams[:, c], (RESOLUTION, RESOLUTION))
+        assert ours.shape == reference.shape == (len(batch), RESOLUTION, RESOLUTION)
+        for i in range(len(batch)):
+            if cams[i, c].max() <= 1e-6 * cams.max():  # ReLU left nothing: both maps must be empty
+                assert reference[i].max() <= 1e-3
+                continue
+            assert _correlation(ours[i], reference[i]) >= 0.999, (arch, i, c)
+            compared += 1
+    assert compared >= len(batch) * spec.num_classes // 2  # the comparison was not vacuous
