@@ -179,6 +179,18 @@ def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify
     return ExportResult(dest, CAMS_NAME in outputs, time.perf_counter() - start, diff)
 
 
+def export_probabilities_only(
+    model: nn.Module, resolution: int, dest: str | os.PathLike, opset: int = DEFAULT_OPSET
+) -> Path:
+    """A plain export as jetson-inference makes it (model + Softmax, no ``cam_0``): the benchmark's baseline."""
+    out = Path(dest)
+    try:
+        _torch_export(nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME], resolution, opset, out)
+    except Exception as exc:
+        raise ExportError(f"plain ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
 def stale_reason(info: OnnxInfo, spec: StageSpec) -> str | None:
     """Why one of our exports no longer matches its folder (None: it does). jetson-inference files are never stale."""
     if not info.ours:
