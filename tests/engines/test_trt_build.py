@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -54,7 +55,12 @@ def test_tensorrt10_fp16_sets_the_builder_flag(onnx_file):
     assert calls.profiles == [("input_0", (1, 3, 64, 64), (1, 3, 64, 64), (16, 3, 64, 64))]
     assert calls.workspace[0][1] == 256 << 20
     assert result.path == engine_path(onnx_file, EngineTarget("10.13.0.35", GPU, "fp16"))
-    assert result.path.read_bytes().startswith(b"engine:10.13.0.35")
+    assert json.loads(result.path.read_bytes()) == {
+        "version": "10.13.0.35",
+        "flags": ["FP16"],
+        "onnx": str(onnx_file),
+        "max_batch": 16,
+    }
     assert result.manifest["effective_precision"] == "fp16"
 
 
