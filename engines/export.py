@@ -220,10 +220,12 @@ def ensure_onnx(spec: StageSpec, opset: int = DEFAULT_OPSET) -> tuple[OnnxInfo, 
         return read_onnx_info(spec.onnx_path), f"exported {spec.onnx_path.name} (there was none)"
     info = read_onnx_info(path)
     reason = stale_reason(info, spec)
-    if reason is not None:
+    if reason is not None and spec.checkpoint_path.is_file():
         export_onnx(spec.model_dir, opset)
         return read_onnx_info(spec.onnx_path), f"re-exported {spec.onnx_path.name}: {reason}"
     check_matches_spec(info, spec)
+    if reason is not None:
+        return info, f"{path.name} used as it is ({reason}, and there is no checkpoint to export again)"
     if not info.ours:
         return info, f"{path.name} from jetson-inference, used as it is"
     return info, f"{path.name} up to date"

@@ -105,10 +105,12 @@ def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: st
             where = "CUDA" if backend.name.endswith("cuda") else f"the CPU, {backend.threads} threads"
             why = "requested" if kind == "onnx" else "not used: " + "; ".join(passed_over)
             return backend, f"ONNX Runtime on {where} ({note}); {why}"
-    backend = _torch_backend(spec)
-    return backend, f"PyTorch eager on {backend.device.type.upper()}, the last resort; not used: " + "; ".join(
-        passed_over
-    )
+    try:
+        backend = _torch_backend(spec)
+    except BackendError as exc:
+        raise BackendError(f"no backend can run '{spec.model_dir}': " + "; ".join([*passed_over, str(exc)])) from exc
+    not_used = "; ".join(passed_over)
+    return backend, f"PyTorch eager on {backend.device.type.upper()}, the last resort; not used: {not_used}"
 
 
 def open_cascade(

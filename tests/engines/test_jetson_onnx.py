@@ -76,3 +76,18 @@ def test_wrong_resolution_refused(tmp_path, jetson_folder):
     (folder / "resnet18.onnx").write_bytes((jetson_folder / "resnet18.onnx").read_bytes())  # a 64 px export
     with pytest.raises(Exception, match="takes 64px input but the checkpoint says 96px"):
         make_backend(folder, "onnx")
+
+
+def test_engine_only_folder_without_onnxruntime_has_no_backend(tmp_path, jetson_folder, monkeypatch):
+    import sys
+
+    from engines.backend import BackendError
+
+    folder = tmp_path / "deployed"
+    folder.mkdir()
+    for name in ("resnet18.onnx", "labels.txt"):
+        (folder / name).write_bytes((jetson_folder / name).read_bytes())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendError, match="no backend can run") as err:
+        make_backend(folder, "auto")
+    assert "onnxruntime cannot be imported" in str(err.value) and "PyTorch needs model_best.pth.tar" in str(err.value)
