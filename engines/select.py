@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from cascade.checkpoint import StageSpec, load_stage
 from cascade.config import CascadeConfig, load_config
 from cascade.pipeline import Cascade
@@ -30,13 +32,7 @@ def _torch_backend(spec: StageSpec) -> TorchBackend:
     if not spec.checkpoint_path.is_file():
         raise BackendError(f"PyTorch needs {spec.checkpoint_path.name}, and '{spec.model_dir}' has none")
     _, model = load_stage(spec.model_dir)
-    gpu = detect_gpu()
-    device = "cpu"
-    if gpu is not None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TorchBackend(spec, model, device)
+    return TorchBackend(spec, model, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _onnx_backend(spec: StageSpec) -> tuple[Backend, str]:

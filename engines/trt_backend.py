@@ -62,6 +62,11 @@ class TensorRTBackend(Backend):
         self.cams_name = CAMS_NAME if CAMS_NAME in self.outputs else None
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.input_shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
+        if self.input_shape[-1] != self.spec.resolution:
+            raise BackendError(
+                f"{self.engine_path.name} takes {self.input_shape[-1]}px input but the stage is "
+                f"{self.spec.resolution}px; delete it and run `python -m engines build {self.spec.model_dir}`"
+            )
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, object] = {}
         for name in names:
