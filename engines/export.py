@@ -40,7 +40,7 @@ from engines.onnx_file import (
 DEFAULT_OPSET = 17  # read by onnxruntime 1.31 and by TensorRT 10 and 11's ONNX parsers
 EXPORTER = "knee-cascade engines.export"
 #: bump when the exported graph changes, so that older exports count as stale and are redone
-EXPORT_FORMAT = "1"
+EXPORTER_VERSION = "1"
 PARITY_TOLERANCE = 1e-4
 
 _path_locks: dict[Path, threading.Lock] = {}
@@ -75,7 +75,7 @@ def export_metadata(spec: StageSpec, source_sha256: str, opset: int, has_cams: b
     """The stamp written into ``metadata_props``: enough to tell whether the export still matches its checkpoint."""
     return {
         EXPORTER_KEY: EXPORTER,
-        "export_format": EXPORT_FORMAT,
+        "exporter_version": EXPORTER_VERSION,
         "torch_version": torch.__version__,
         "source_checkpoint": spec.checkpoint_path.name,
         "source_sha256": source_sha256,
@@ -196,8 +196,8 @@ def stale_reason(info: OnnxInfo, spec: StageSpec) -> str | None:
     if not info.ours:
         return None
     meta = info.metadata
-    if meta.get("export_format") != EXPORT_FORMAT:
-        return f"it was written by export format {meta.get('export_format')!r}, this exporter writes {EXPORT_FORMAT!r}"
+    if meta.get("exporter_version") != EXPORTER_VERSION:
+        return f"it was written by exporter version {meta.get('exporter_version')!r}, this is {EXPORTER_VERSION!r}"
     if spec.checkpoint_path.is_file() and meta.get("source_sha256") != file_sha256(spec.checkpoint_path):
         return f"{spec.checkpoint_path.name} changed since it was exported"
     if meta.get("arch") != spec.arch or meta.get("resolution") != str(spec.resolution):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -126,3 +127,10 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="exporter exploded"):
         export_onnx(folder)
     assert not list(folder.glob("*.onnx")) and not list(folder.glob(".*tmp"))
+
+
+def test_export_from_an_older_exporter_is_stale(exported_models):
+    spec, _ = load_stage(exported_models["resnet18"])
+    info = read_onnx_info(spec.onnx_path)
+    older = dataclasses.replace(info, metadata={**info.metadata, "exporter_version": "0"})
+    assert stale_reason(older, spec) == "it was written by exporter version '0', this is '1'"
