@@ -22,6 +22,7 @@ from engines.export import (
     stale_reason,
 )
 from engines.onnx_file import read_onnx_info
+from engines.select import make_backend
 from tests.conftest import make_model_dir
 from tests.engines.conftest import input_batches
 
@@ -72,6 +73,11 @@ def test_head_without_gap_linear_exports_probabilities_only(tmp_path):
     info = read_onnx_info(result.path)
     assert [t.name for t in info.outputs] == ["output_0"] and info.cams is None
     assert info.metadata["cam_output"] == ""
+    batch = input_batches(64)["phantoms"]
+    for kind in ("onnx", "torch"):  # CAMs for such heads come from pytorch-grad-cam, not from the backend
+        backend, _ = make_backend(folder, kind)
+        probs, cams = backend.predict_with_cams(batch)
+        assert not backend.supports_cams and cams is None and probs.shape == (3, 3)
 
 
 def test_changed_checkpoint_is_stale_and_reexported(tmp_path, exported_models):
