@@ -64,6 +64,15 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
     return np.array([lower.index(it.label.lower()) for it in items], dtype=np.int64)
 
 
+def model_identity(backend) -> str:
+    """Content hash of the file a stage runs from: its checkpoint, or its ONNX file where there is no checkpoint."""
+    spec = backend.spec
+    for path in (spec.checkpoint_path, spec.onnx_path):
+        if path.is_file():
+            return f"{path.name}:{file_sha256(path)}"
+    raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor {spec.onnx_path.name}")
+
+
 def cache_key(cascade, index: DatasetIndex, split: str) -> str:
     """Key of a split's predictions under a cascade: checkpoints, backends, classes and the split's file list."""
     parts = [
@@ -73,7 +82,7 @@ def cache_key(cascade, index: DatasetIndex, split: str) -> str:
         f"classes={','.join(cascade.classes)}",
     ]
     for stage, backend in ((1, cascade.backend1), (2, cascade.backend2)):
-        parts.append(f"stage{stage}={file_sha256(backend.spec.checkpoint_path)}:{backend.name}")
+        parts.append(f"stage{stage}={model_identity(backend)}:{backend.name}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 

@@ -39,4 +39,3 @@ except Exception as exc:  # the last line of defence: a message, not a traceback
         "The details are in the server log; the other pages still work.",
         icon=":material/error:",
     )
-st.caption("Research tool. Not for clinical use.")

@@ -29,7 +29,7 @@ from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
 from cascade.predcache import Predictions, cache_key, cache_path, cached_predictions, load_predictions
-from dashboard.state import ROOT, Sources, sources
+from dashboard.state import ROOT, Sources, prediction_cache_dir, sources
 
 log = logging.getLogger(__name__)
 DEMO_MODELS = ROOT / "models" / "demo"
@@ -82,10 +82,14 @@ def _open_cascade(stage1: str, stage2: str, normal_label: str, backend: str, tok
 
 
 def cascade_token(cfg: CascadeConfig, backend: str) -> str:
-    """Identity of a loaded cascade: its folders, backend kind and the checkpoints' timestamps and sizes."""
+    """Identity of a loaded cascade: its folders, backend kind and the checkpoints' timestamps and sizes.
+
+    ONNX files are left out: the backends derive them from the checkpoint (re-exporting stale ones on load), and the
+    first load may write them. A file swapped by hand is picked up with the sidebar's reload button.
+    """
     parts = [str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend]
     for folder in (cfg.stage1_dir, cfg.stage2_dir):
-        parts += [_stamp(folder / "model_best.pth.tar"), _stamp(folder / "labels.txt")]
+        parts += [_stamp(folder / name) for name in ("model_best.pth.tar", "labels.txt")]
     return "|".join(parts)
 
 
@@ -103,6 +107,16 @@ def _index(root: str, token: str) -> DatasetIndex:
 def open_index_cached(root: str) -> DatasetIndex:
     path = Path(root).expanduser()
     return _index(str(path), _stamp(path))
+
+
+@st.cache_resource
+def machine_summary() -> str:
+    """CPU and GPU in one line, as ``engines.hardware`` sees them (what the backend choice was based on)."""
+    from engines.hardware import cpu_model, detect_gpu, physical_cores
+
+    gpu = detect_gpu()
+    where = "no CUDA GPU" if gpu is None else f"GPU {gpu.name} (compute capability {gpu.sm})"
+    return f"{cpu_model()}, {physical_cores()} physical core(s); {where}"
 
 
 def is_demo(cfg: CascadeConfig) -> bool:
@@ -202,7 +216,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         if key in store:
             store.move_to_end(key)
             return store[key]
-    preds = load_predictions(cache_path(key))
+    preds = load_predictions(cache_path(key, prediction_cache_dir()))
     if preds is None and compute:
         n = len(index.select(split))
         bar = st.progress(0.0, text=f"Running both stages on {n} images of '{split}' (once; then cached on disk)…")
@@ -210,7 +224,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Running both stages: {done} / {total} images")
 
-        preds = cached_predictions(cascade, index, split, progress=progress)
+        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress)
         bar.empty()
     if preds is not None:
         with lock:

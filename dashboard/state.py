@@ -1,7 +1,7 @@
 """What every page shares: which cascade and dataset are open, the gate, the selected image.
 
-The gate (threshold and rule) lives in two sidebar widgets bound to the URL (``?gate=0.45&rule=top1``), so a link
-reproduces what its sender saw; when they equal the saved gate the URL stays clean. Pages read the gate from here and
+The gate (threshold and rule) lives in two sidebar widgets and is mirrored in the URL (``?gate=0.45&rule=top1``), so a
+link reproduces what its sender saw. Pages read the gate from here and
 never run a model to re-decide. Config and dataset paths come from the sidebar, seeded from environment variables
 (handy for tests and deployments); they are not put in the URL, so a link cannot point the app at other folders.
 """
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV_CONFIG = "KNEE_CASCADE_CONFIG"
 ENV_DATA = "KNEE_CASCADE_DATA"
 ENV_BACKEND = "KNEE_CASCADE_BACKEND"
+ENV_CACHE = "KNEE_CASCADE_CACHE"  # folder of the prediction cache (default: .cache/predictions in the repository)
 DEFAULT_DATA = ROOT / "sample_images"
 
 GATE_KEY = "gate"
@@ -55,6 +56,11 @@ def default_sources() -> Sources:
         os.environ.get(ENV_DATA) or str(DEFAULT_DATA),
         os.environ.get(ENV_BACKEND) or "auto",
     )
+
+
+def prediction_cache_dir() -> str | None:
+    """Where split predictions are cached; None means ``cascade.predcache``'s default."""
+    return os.environ.get(ENV_CACHE) or None
 
 
 def sources() -> Sources:

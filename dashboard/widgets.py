@@ -52,7 +52,8 @@ def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions 
             icon=":material/info:",
         )
         if st.button(f"Run both stages on '{split}'", key=key, type="primary", icon=":material/play_arrow:"):
-            return split_predictions(ctx, split, compute=True)
+            split_predictions(ctx, split, compute=True)
+            st.rerun()  # draw the page again from the top, without this prompt
     return None
 
 

@@ -77,9 +77,20 @@ def probability_bars(
 
 
 def _gate_lines(fig: go.Figure, current: float, saved: float | None) -> None:
-    if saved is not None:
-        fig.add_vline(x=saved, line={"color": SAVED_COLOUR, "dash": "dot"}, annotation_text="saved")
-    fig.add_vline(x=current, line={"color": GATE_COLOUR, "width": 2}, annotation_text="gate")
+    """The slider's gate, and the saved one where it differs (labelled at opposite ends so they never overlap)."""
+    if saved is not None and abs(saved - current) > 1e-9:
+        fig.add_vline(
+            x=saved,
+            line={"color": SAVED_COLOUR, "dash": "dot"},
+            annotation={"text": "saved", "yanchor": "bottom", "font": {"color": SAVED_COLOUR}},
+            annotation_position="bottom right",
+        )
+    fig.add_vline(
+        x=current,
+        line={"color": GATE_COLOUR, "width": 2},
+        annotation={"text": f"gate {current:.2f}", "font": {"color": GATE_COLOUR}},
+        annotation_position="top right",
+    )
 
 
 def headline_curves(s: Sweep, current: float, saved: float | None = None) -> go.Figure:

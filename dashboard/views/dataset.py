@@ -9,7 +9,7 @@ from dashboard.components.browse import ANY, SORTS, Filters, apply_filters, brow
 from dashboard.resources import app_context, thumbnail
 
 PER_PAGE = 24
-COLUMNS = 6
+COLUMNS = 4
 
 ctx = app_context()
 st.title("Dataset")
@@ -66,18 +66,25 @@ for i, row in enumerate(rows.itertuples(index=False)):
             st.image(thumb, width="stretch")
         name = row.rel.rsplit("/", 1)[-1]
         if row.predicted:
-            mark = "✓" if row.correct else "✗"
+            mark = ":green[✓ right]" if row.correct else ":red[✗ wrong]"
             via = "stage 2" if row.routed else "stage 1"
             st.caption(
-                f"`{name}`  \ntrue **{row.label}** → {mark} **{row.final}** ({via}, {100 * row.confidence:.0f} %)  \n"
-                f"margin {row.margin:+.2f}" + (" · flipped" if row.flipped else "")
+                f"`{name}`  \ntrue **{row.label}** → **{row.final}** {mark}  \n"
+                f"{via}, {100 * row.confidence:.0f} % · margin {row.margin:+.2f}"
+                + (" · :orange[flipped]" if row.flipped else "")
             )
         else:
             st.caption(f"`{name}`  \ntrue **{row.label}**")
         b = st.columns(2)
-        if b[0].button("Explain", key=f"explain_{row.rel}", width="stretch"):
+        if b[0].button("Explain", key=f"explain_{row.rel}", width="stretch", icon=":material/image_search:"):
             state.select_image(row.rel)
             st.switch_page("views/explain.py")
-        if b[1].button("CAM", key=f"cam_{row.rel}", width="stretch", help="Open on the Grad-CAM page"):
+        if b[1].button(
+            "CAM",
+            key=f"cam_{row.rel}",
+            width="stretch",
+            icon=":material/local_fire_department:",
+            help="Open on Grad-CAM",
+        ):
             state.select_image(row.rel)
             st.switch_page("views/gradcam.py")

@@ -48,7 +48,8 @@ left.plotly_chart(confusion_heatmap(point.confusion[0], classes), width="stretch
 into, out = flow_counts(preds.labels, now.routed, now.final, len(classes))
 right.plotly_chart(flow_sankey(into, out, classes), width="stretch", key="sankey")
 
-st.subheader(f"Answers that change between the saved gate ({saved:.2f}) and {t:.2f}")
+st.subheader("Answers that change when the gate moves")
+st.caption(f"Saved gate {saved:.2f} → slider {t:.2f} ({state.RULE_LABELS[rule.value]}).")
 before = decide_batch(preds.p1, preds.p2, ni, saved, rule)
 flips = np.flatnonzero(before.final != now.final)
 if len(flips) == 0:

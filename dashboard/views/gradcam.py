@@ -92,9 +92,10 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     blended = overlay(view, cam, alpha, colormap)
     slot.image(blended, width="stretch")
     slot.caption(f"Stage {stage} · **{classes[cls]}** ({pct(stage_probs[stage][cls])}) · {METHODS[cams.method].label}")
-    if float(cam.max()) <= 0.0:
-        slot.caption("No positive evidence for this class anywhere in the image.")
-    if metric is not None:
+    empty = float(cam.max()) <= 0.0
+    if empty:
+        slot.caption("No positive evidence for this class anywhere in the image (nothing to score).")
+    if metric is not None and not empty:
         with failing_part("Faithfulness", stop=False):
             with st.spinner("Scoring faithfulness…"):
                 score = faithfulness_score(ctx, stage, picked.token, picked.image, cams.method, cls, metric, cam)
@@ -129,10 +130,10 @@ if len(abnormal) >= 2:
     a, b = abnormal[:2]
     st.subheader(f"Stage 2: {classes[a]} vs {classes[b]}")
     st.caption("Where stage 2 sees evidence for each abnormal class: the two maps side by side.")
-    pair = st.columns(2)
+    pair = st.columns(3)
     with failing_part("Stage 2 maps", stop=False), st.spinner("Stage 2: both classes…"):
         cams2 = stage_cams(ctx, 2, picked.token, picked.image, method, [a, b])
-        for slot, cls in zip(pair, (a, b), strict=True):
+        for slot, cls in zip(pair[:2], (a, b), strict=True):
             with slot:
                 show_map(2, cls, cams2, slot, "pair")
 for note in sorted(notes):

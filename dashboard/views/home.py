@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import state, widgets
 from dashboard.components.diagram import StageBox, cascade_dot
-from dashboard.resources import app_context, is_demo
+from dashboard.resources import app_context, is_demo, machine_summary
 
 ctx = app_context()
 st.title("Knee X-ray cascade")
@@ -34,22 +34,16 @@ st.graphviz_chart(
 )
 
 st.subheader("What is loaded")
-rows = []
+cards = st.columns(2)
 for stage, backend in ((1, b1), (2, b2)):
     spec = backend.spec
-    rows.append(
-        {
-            "stage": stage,
-            "architecture": spec.arch,
-            "classes": ", ".join(spec.classes),
-            "input": f"{spec.resolution} × {spec.resolution} px",
-            "backend": backend.describe(),
-            "why this backend": cascade.reasons.get(stage, ""),
-            "model folder": str(spec.model_dir),
-        }
-    )
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    with cards[stage - 1].container(border=True):
+        st.markdown(f"**Stage {stage}: {spec.arch}** · {spec.resolution} × {spec.resolution} px")
+        st.markdown(f"Classes: {', '.join(spec.classes)}  \nBackend: `{backend.describe()}`")
+        st.caption(f"Why this backend: {cascade.reasons.get(stage, 'not stated')}")
+        st.caption(f"Folder: `{spec.model_dir}`")
 st.caption(f"Config: `{cfg.path}` · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})")
+st.caption(f"Machine: {machine_summary()}")
 
 st.subheader("Dataset")
 if ctx.index is None:

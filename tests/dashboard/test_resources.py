@@ -1,0 +1,44 @@
+"""Cached loaders: CAM work shared between sessions gives each the maps it would get alone; errors are recorded."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from cascade.models import feature_layer
+from cascade.preprocess import preprocess_batch
+from dashboard.resources import build_context, explainer, fit_within
+from dashboard.state import Sources
+from tests.conftest import make_knee_like
+
+
+@pytest.mark.slow
+def test_two_sessions_computing_heatmaps_get_the_maps_each_gets_alone(tiny_config, tiny_dataset):
+    ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
+    ex = explainer(ctx, 2)
+    assert explainer(ctx, 2) is ex  # one per process: shared by every session
+    res = ctx.cascade.spec2.resolution
+    batches = [preprocess_batch([make_knee_like(seed)], res) for seed in (1, 2)]
+    alone = [ex.explain(b, "gradcam++", 1).maps for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [pool.submit(ex.explain, batches[i % 2], "gradcam++", 1) for i in range(6)]
+        together = [j.result().maps for j in jobs]
+    for i, maps in enumerate(together):
+        np.testing.assert_allclose(maps, alone[i % 2], atol=1e-5)
+    served = ctx.cascade.backend2.model  # the model that serves predictions never carries CAM hooks
+    assert not feature_layer(served)._forward_hooks
+
+
+def test_failures_are_recorded_not_raised(tmp_path, tiny_dataset):
+    ctx = build_context(Sources(str(tmp_path / "missing.toml"), str(tmp_path / "nowhere"), "auto"))
+    assert ctx.config is None and ctx.cascade is None and ctx.index is None
+    assert set(ctx.errors) == {"config", "index"}
+    assert "does not exist" in str(ctx.errors["config"][1])
+
+
+def test_fit_within_keeps_aspect_and_never_enlarges():
+    img = np.zeros((300, 150), np.uint8)
+    assert fit_within(img, 100).shape == (100, 50)
+    assert fit_within(img, 1000).shape == (300, 150)
