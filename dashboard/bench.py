@@ -1,0 +1,220 @@
+"""``python -m dashboard.bench``: the dashboard's two speed targets, measured and printed.
+
+1. Re-deciding 10,000 cached predictions and recomputing every gate-sweep metric (101 thresholds, suggestions,
+   flips, Sankey counts) must take ≤ 20 ms, so a slider move feels instant. The vectorised sweep is timed against the
+   obvious loop (``decide_batch`` + metrics per threshold) in the same run, and the ratio printed.
+2. The first page must be visible ≤ 10 s after ``streamlit run`` starts on a 2-core CPU: the app is started as a
+   subprocess (pinned to ``--cpus`` cores) and headless Chromium, already running, loads it; the time is taken when
+   the Home page's script run has finished (heading, diagram, what is loaded, dataset counts all drawn). Without
+   Chromium, the time to the health endpoint is printed instead, and said to be only that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cascade.gate import GateRule, decide_batch
+from cascade.metrics import abnormal_sensitivity, confusion_matrix, per_class_rates
+from cascade.sweep import DEFAULT_THRESHOLDS, decision_flips, flow_counts, suggest_gates, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SWEEP_TARGET_MS = 20.0
+FIRST_PAGE_TARGET_S = 10.0
+
+
+def synthetic_predictions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cached-prediction look-alikes: stage-1 and stage-2 probabilities that lean towards the true class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    boost = np.eye(3)[y] * 3.0
+    p1 = np.array([rng.dirichlet(1.0 + b) for b in boost])
+    p2 = np.array([rng.dirichlet(1.0 + 1.5 * b) for b in boost])
+    return p1, p2, y
+
+
+def redecide_everything(p1: np.ndarray, p2: np.ndarray, y: np.ndarray, t: float, saved: float) -> None:
+    """What one slider move costs the Gate tuning page: the decision, the sweep and all that is drawn from it."""
+    now = decide_batch(p1, p2, 0, t)
+    s = sweep(p1, p2, y, 0, DEFAULT_THRESHOLDS, GateRule.P_NORMAL)
+    _ = (s.accuracy, s.sensitivity, s.specificity, s.abnormal_sensitivity, s.normal_specificity, s.youden_j)
+    suggest_gates(s, 0.95, 5.0)
+    sweep(p1, p2, y, 0, [t], GateRule.P_NORMAL)
+    decision_flips(p1, p2, 0, saved, t)
+    flow_counts(y, now.routed, now.final, 3)
+
+
+def loop_sweep(p1: np.ndarray, p2: np.ndarray, y: np.ndarray) -> None:
+    """The obvious way, for comparison: decide and score every threshold one after the other."""
+    for t in DEFAULT_THRESHOLDS:
+        final = decide_batch(p1, p2, 0, t).final
+        per_class_rates(confusion_matrix(y, final, 3))
+        abnormal_sensitivity(y, final, 0)
+
+
+def time_ms(fn: Callable[[], None], repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def bench_sweep(n: int, repeats: int) -> float:
+    p1, p2, y = synthetic_predictions(n)
+    fast = time_ms(lambda: redecide_everything(p1, p2, y, 0.55, 0.6), repeats)
+    slow = time_ms(lambda: loop_sweep(p1, p2, y), max(3, repeats // 10))
+    verdict = "OK" if fast <= SWEEP_TARGET_MS else "ABOVE TARGET"
+    print(f"re-decide + every sweep metric, {n} predictions, {len(DEFAULT_THRESHOLDS)} thresholds:")
+    print(f"  vectorised {fast:.2f} ms (target ≤ {SWEEP_TARGET_MS:.0f} ms: {verdict})")
+    print(f"  per-threshold loop, sweep only {slow:.1f} ms  →  vectorised whole page is {slow / fast:.1f}× faster")
+    return fast
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pin(cpus: int) -> Callable[[], None] | None:
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not available or len(available) <= cpus:
+        return None
+    chosen = set(available[:cpus])
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _start_app(config: str | None, data: str | None, backend: str | None, cpus: int) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ)
+    for name, value in (
+        ("KNEE_CASCADE_CONFIG", config),
+        ("KNEE_CASCADE_DATA", data),
+        ("KNEE_CASCADE_BACKEND", backend),
+    ):
+        if value:
+            env[name] = value
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "Home.py")]
+    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin(cpus)
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, start: float, timeout: float) -> float:
+    while not _healthy(url):
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("streamlit did not answer its health check")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def bench_first_page(config: str | None, data: str | None, backend: str | None, cpus: int, timeout: float) -> float:
+    """Seconds from starting ``streamlit run`` to the Home page drawn in Chromium (or to health, without it).
+
+    The browser is started first, as a user's would already be open, so its own start-up is not counted.
+    """
+    if not CHROMIUM.exists():
+        start = time.perf_counter()
+        proc, url = _start_app(config, data, backend, cpus)
+        try:
+            healthy = _wait_healthy(proc, url, start, timeout)
+        finally:
+            _stop(proc)
+        print(f"first page: Chromium absent; health endpoint answered after {healthy:.1f} s (page not measured)")
+        return healthy
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        start = time.perf_counter()
+        proc, url = _start_app(config, data, backend, cpus)
+        try:
+            healthy = _wait_healthy(proc, url, start, timeout)
+            page.goto(url)
+            page.get_by_role("heading", name="Knee X-ray cascade").wait_for(timeout=timeout * 1000)
+            heading = time.perf_counter() - start
+            page.wait_for_function(
+                "() => document.querySelector('[data-testid=\"stApp\"]')"
+                ".getAttribute('data-test-script-state') === 'notRunning'",
+                timeout=timeout * 1000,
+            )
+            shown = time.perf_counter() - start
+        finally:
+            _stop(proc)
+            browser.close()
+    verdict = "OK" if shown <= FIRST_PAGE_TARGET_S else "ABOVE TARGET"
+    print(
+        f"first page ({cpus} cores): healthy after {healthy:.1f} s, heading after {heading:.1f} s, "
+        f"Home complete after {shown:.1f} s (target ≤ {FIRST_PAGE_TARGET_S:.0f} s: {verdict})"
+    )
+    return shown
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="cached predictions in the sweep (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed repeats of the sweep (median is printed)")
+    parser.add_argument("--config", default=None, help="cascade config for the page test (default: the app's)")
+    parser.add_argument("--data", default=None, help="dataset for the page test (default: the app's)")
+    parser.add_argument("--backend", default=None, help="backend kind for the page test (default: the app's)")
+    parser.add_argument("--cpus", type=int, default=2, help="cores the app may use (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="give up on the page after this many seconds")
+    parser.add_argument("--skip-page", action="store_true", help="only the sweep benchmark")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    bench_sweep(args.n, args.repeats)
+    if not args.skip_page:
+        bench_first_page(args.config, args.data, args.backend, args.cpus, args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
