@@ -342,19 +342,13 @@ class CamMaps:
     engine: str  # who computed them: the backend's own fast CAM, or the PyTorch explainer
 
 
-def _scale_maps(raw: np.ndarray, size: int) -> np.ndarray:
-    """Raw CAMs C×h×w → C×size×size in [0, 1], scaled the way pytorch-grad-cam scales a single layer's maps."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    return scale_cam_image(scale_cam_image(np.maximum(raw, 0.0), (size, size)))
-
-
 @st.cache_data(max_entries=128, show_spinner=False)
 def _cams(
     _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, method: str, classes: tuple
 ) -> CamMaps:
     import time
 
+    from cascade.explain import scale_maps
     from cascade.preprocess import preprocess_batch
 
     backend = _cascade.backend1 if stage == 1 else _cascade.backend2
@@ -362,7 +356,7 @@ def _cams(
     if method == "fast" and backend.supports_cams:
         start = time.perf_counter()
         probs, raw = backend.predict_with_cams(batch)
-        scaled = _scale_maps(raw[0], backend.spec.resolution)
+        scaled = scale_maps(raw[0], backend.spec.resolution)  # all classes of the one image
         maps = {c: scaled[c].astype(np.float32) for c in classes}
         return CamMaps(maps, probs[0], "fast", "", time.perf_counter() - start, backend.name)
     results = _explainer(_cascade, token, stage).explain_targets(batch, method, list(classes))

@@ -108,7 +108,7 @@ def test_gate_tuning_metrics_follow_the_slider_and_run_no_model(app_env):
     assert_clean(at)
 
 
-def test_uploads(app_env):
+def test_uploads(app_env, monkeypatch):
     at = open_app("views/explain.py")
     at.segmented_control[0].set_value("Upload").run()
     assert any("Upload an image" in i.value for i in at.info)
@@ -130,6 +130,11 @@ def test_uploads(app_env):
         assert not at.exception
         assert any(message in e.value for e in at.error), [e.value for e in at.error]
         assert not any(m.value.startswith("### Answer") for m in at.markdown)
+
+    monkeypatch.setattr("cascade.images.MAX_PIXELS", 1000)  # so a small image counts as huge
+    at.file_uploader[0].set_value(("huge.png", _png(seed=9), "image/png")).run()
+    assert not at.exception
+    assert any("limit" in e.value for e in at.error), [e.value for e in at.error]
 
 
 def test_dataset_filters_and_open(app_env, tiny_dataset):
