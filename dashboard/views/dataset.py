@@ -76,15 +76,9 @@ for i, row in enumerate(rows.itertuples(index=False)):
         else:
             st.caption(f"`{name}`  \ntrue **{row.label}**")
         b = st.columns(2)
-        if b[0].button("Explain", key=f"explain_{row.rel}", width="stretch", icon=":material/image_search:"):
+        if b[0].button("Explain", key=f"explain_{row.rel}", width="stretch", help="Open on Explain an image"):
             state.select_image(row.rel)
             st.switch_page("views/explain.py")
-        if b[1].button(
-            "CAM",
-            key=f"cam_{row.rel}",
-            width="stretch",
-            icon=":material/local_fire_department:",
-            help="Open on Grad-CAM",
-        ):
+        if b[1].button("CAM", key=f"cam_{row.rel}", width="stretch", help="Open on Grad-CAM"):
             state.select_image(row.rel)
             st.switch_page("views/gradcam.py")

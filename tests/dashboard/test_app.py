@@ -211,6 +211,7 @@ def test_gate_comes_from_the_url(app_env):
     assert_clean(at)
 
 
+@pytest.mark.slow
 def test_gradcam_methods_and_slow_warning(app_env):
     at = open_app("views/gradcam.py")
     assert_clean(at)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 
 from cascade.models import feature_layer
 from cascade.preprocess import preprocess_batch
@@ -14,7 +13,6 @@ from dashboard.state import Sources
 from tests.conftest import make_knee_like
 
 
-@pytest.mark.slow
 def test_two_sessions_computing_heatmaps_get_the_maps_each_gets_alone(tiny_config, tiny_dataset):
     ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
     ex = explainer(ctx, 2)
