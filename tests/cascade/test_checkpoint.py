@@ -172,3 +172,17 @@ def test_googlenet_jetson_checkpoint_with_aux_heads_loads(tmp_path):
     torch.save(_jetson_dict(ref, "googlenet", ["a", "b", "c"]), tmp_path / "model_best.pth.tar")
     spec, model = load_stage(tmp_path)
     assert spec.classes == ("a", "b", "c")
+
+
+def test_pretrained_without_a_download_says_so(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*_a, **_k):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError, match="could not download the ImageNet weights for resnet18"):
+        create_model("resnet18", 3, pretrained=True)
