@@ -29,8 +29,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-st.session_state[CONTEXT_KEY] = sidebar.render()
 try:
+    st.session_state[CONTEXT_KEY] = sidebar.render()
     page.run()
 except Exception as exc:  # the last line of defence: a message, not a traceback
     logging.getLogger("dashboard").exception("page %s failed", page.title)

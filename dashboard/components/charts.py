@@ -56,20 +56,22 @@ def probability_bars(
             y1=normal_index + 0.48,
             line={"color": GATE_COLOUR, "width": 4},
         )
-        fig.add_annotation(
+        fig.add_annotation(  # just above the normal bar, on a dark ground so it reads over any bar colour
             x=gate,
-            y=normal_index + 0.5,
+            y=normal_index - 0.5,
             text=f"gate {gate:.2f}",
             showarrow=False,
             yanchor="bottom",
             font={"color": GATE_COLOUR},
+            bgcolor="rgba(17,17,17,0.85)",
         )
     fig.update_layout(
         title=title,
-        height=70 + 48 * len(classes),
+        height=90 + 48 * len(classes),
         margin={"l": 10, "r": 40, "t": 40, "b": 10},
         xaxis={"range": [0, 1.08], "tickformat": ".0%", "dtick": 0.2},
-        yaxis={"tickvals": y, "ticktext": list(classes), "autorange": "reversed"},
+        # First class on top, with headroom above it for the gate's label.
+        yaxis={"tickvals": y, "ticktext": list(classes), "range": [len(classes) - 0.5, -1.0]},
         showlegend=False,
         **_LAYOUT,
     )

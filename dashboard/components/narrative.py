@@ -45,6 +45,14 @@ def decision_steps(decision: Decision, classes: Sequence[str], normal_index: int
     return steps
 
 
+def threshold_text(t: float) -> str:
+    """A threshold with two decimals, or more where two would round it onto 0 or 1 and hide that it lies between."""
+    text = f"{t:.2f}"
+    if 0.0 < t < 1.0 and text in ("0.00", "1.00"):
+        text = f"{t:.4f}"
+    return text
+
+
 def would_have_said(p2: Sequence[float], classes: Sequence[str]) -> str:
     """Stage 2's answer for an image the gate settled (it ran anyway, for this page only)."""
     i = int(np.argmax(p2))
@@ -68,7 +76,10 @@ def flip_sentence(
             f"Under the top-1 rule no threshold lets this image pass: stage 1's top class is not {normal}, so stage 2 "
             f"always decides ({classes[s2]})."
         )
-    route = f"At any threshold up to {at:.2f} stage 1 settles this image as {normal}; above {at:.2f} stage 2 decides."
+    if at >= 1.0:
+        return f"Stage 1 is certain: it settles this image as {normal} at every threshold."
+    t = threshold_text(at)
+    route = f"At any threshold up to {t} stage 1 settles this image as {normal}; above {t} stage 2 decides."
     if s2 == normal_index:
         return route + f" Stage 2 also says {normal}, so the answer is {normal} at every threshold."
-    return route + f" So the answer flips from {normal} to {classes[s2]} just above {at:.2f}."
+    return route + f" So the answer flips from {normal} to {classes[s2]} just above {t}."

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cascade.gate import GateRule, decide
-from dashboard.components.narrative import decision_steps, flip_sentence, pct, would_have_said
+from dashboard.components.narrative import decision_steps, flip_sentence, pct, threshold_text, would_have_said
 
 CLASSES = ("normal", "osteopenia", "osteoporosis")
 
@@ -61,3 +61,10 @@ def test_flip_sentence_agrees_with_the_gate():
 
 def test_pct():
     assert pct(0.424) == "42 %" and pct(1.0) == "100 %"
+
+
+def test_thresholds_near_the_ends_keep_their_digits():
+    p2 = np.array([0.1, 0.8, 0.1])
+    assert "up to 0.9996" in flip_sentence(np.array([0.9996, 0.0003, 0.0001]), p2, CLASSES, 0, "p_normal")
+    assert "every threshold" in flip_sentence(np.array([1.0, 0.0, 0.0]), p2, CLASSES, 0, "p_normal")
+    assert threshold_text(0.6) == "0.60" and threshold_text(0.0004) == "0.0004"
