@@ -13,7 +13,7 @@ from cascade.config import load_config
 from cascade.dataset import index_dataset
 from cascade.gate import decide_batch
 from cascade.predcache import cached_predictions
-from tests.conftest import make_knee_like
+from tests.conftest import ROOT, make_knee_like
 from tests.dashboard.conftest import assert_clean, click, ensure_predictions, open_app, widget
 
 PAGES = ["views/home.py", "views/explain.py", "views/gradcam.py", "views/dataset.py", "views/gate_tuning.py"]
@@ -255,3 +255,32 @@ def test_model_folder_that_does_not_load(app_env, tmp_path):
     at = open_app("views/dataset.py")  # browsing still works without models
     assert not at.exception
     assert any("browsing only" in w.value for w in at.warning)
+
+
+def test_unexpected_failure_is_a_message_not_a_traceback(app_env, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("dashboard.components.narrative.decision_steps", broken)
+    at = open_app("views/explain.py")
+    assert not at.exception
+    assert any("Something went wrong" in e.value and "boom" in e.value for e in at.error)
+    at.switch_page("views/home.py").run()  # the other pages still work
+    assert_clean(at)
+
+
+DEMO = ROOT / "models" / "demo"
+
+
+@pytest.mark.skipif(
+    not all((DEMO / s / "model_best.pth.tar").is_file() for s in ("stage1", "stage2")),
+    reason="the demo models are not in this checkout",
+)
+@pytest.mark.parametrize("page", PAGES)
+def test_default_config_renders(page, monkeypatch, tmp_path):
+    for name in ("KNEE_CASCADE_CONFIG", "KNEE_CASCADE_DATA", "KNEE_CASCADE_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KNEE_CASCADE_CACHE", str(tmp_path))
+    at = open_app(page)
+    assert_clean(at)
+    assert any("Demo models" in w.value for w in at.sidebar.warning)
