@@ -8,8 +8,9 @@ image through both stages, probabilities and CAMs three ways:
 - (b) PyTorch eager + pytorch-grad-cam GradCAM at the same layer (one forward and one backward per stage; the top
   class's map only, the cheapest thing such a tool can do).
 
-Targets: (a) ≤ 1.3× plain, and (b) ≥ 4× (a). Timings are interleaved (a, plain, b, a, plain, b, …) so background load
-on a shared machine hits all three alike. The report is a markdown table to paste into the README.
+Targets: (a) ≤ 1.3× plain, and (b) ≥ 4× (a). The three run in alternating blocks of consecutive calls, so background
+load on a shared machine hits all three alike while no timed call follows another method's (whose idle threads may
+still hold the cores). The report is a markdown table to paste into the README.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[
         fn()
         out.append(time.perf_counter() - start)
     return out
+
+
+def time_blocks(calls: dict[str, Callable[[], object]], rounds: int, per_block: int) -> dict[str, list[float]]:
+    """Per method, ``rounds × per_block`` timings taken in blocks; each block starts with one untimed call."""
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            fn()
+            times[key] += time_calls(fn, per_block, warmup=0)
+    return times
 
 
 def sample_image(size: int = 256) -> np.ndarray:
@@ -190,13 +201,7 @@ def cam_rows(model_dirs: Sequence[Path], backends: list[dict[str, Backend]], rep
             }
             for fn in calls.values():  # warm-up: first calls allocate and pick kernels
                 fn()
-                fn()
-            times: dict[str, list[float]] = {k: [] for k in calls}
-            for _ in range(repeats):
-                for key, fn in calls.items():
-                    start = time.perf_counter()
-                    fn()
-                    times[key].append(time.perf_counter() - start)
+            times = time_blocks(calls, rounds=3, per_block=max(1, repeats // 3))
             rows.append(CamRow(name, Timing.of(times["fast"]), Timing.of(times["plain"]), Timing.of(times["grad"])))
     return rows
 
@@ -252,7 +257,7 @@ def run_bench(model_dirs: Sequence[Path], kinds: Sequence[str], repeats: int = 3
         per_stage.append(backends)
         spec = next(iter(backends.values())).spec
         rows += stage_rows(f"{i + 1} {spec.arch} {spec.resolution}px", backends, images, repeats, batch)
-    cams = cam_rows(model_dirs, per_stage, max(1, repeats // 3))
+    cams = cam_rows(model_dirs, per_stage, repeats)
     models = ", ".join(f"stage {i + 1} {folder}" for i, folder in enumerate(model_dirs))
     return render_report(machine, models, rows, cams, skipped, batch)
 
