@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from engines.bench import CamRow, Timing, get_args_parser, main, render_report
 
 
-@pytest.mark.slow  # an end-to-end run: ~15 s on 2 shared cores
 def test_bench_runs_on_tiny_models(exported_models, capsys, tmp_path):
     folder = exported_models["resnet18"]
     out = tmp_path / "bench.md"
