@@ -51,8 +51,10 @@ def assert_onnx_cam_is_grad_cam(folder: Path, resolution: int) -> None:
     spec, model = load_stage(folder)
     session = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
     batch = np.concatenate(list(input_batches(resolution, seed=3, count=2).values()))
-    _, cams = session.run(["output_0", "cam_0"], {"input_0": batch})
+    probs, cams = session.run(["output_0", "cam_0"], {"input_0": batch})
     assert cams.shape[:2] == (len(batch), spec.num_classes) and cams.min() >= 0.0
+    with torch.no_grad():
+        assert np.abs(probs - torch.softmax(model(torch.from_numpy(batch)), 1).numpy()).max() <= 1e-4
     compared = 0
     for c in range(spec.num_classes):
         reference = _grad_cam(model, batch, c)
