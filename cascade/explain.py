@@ -1,10 +1,8 @@
 """Explanations: class activation maps for a stage model, and how faithful they are.
 
-Fast CAM: for a head that is global average pooling + one Linear layer, Grad-CAM at the last (post-activation) feature
-map A is exactly ReLU(Σ_k w_ck A_k) up to a positive scale, since ∂logit_c/∂A_k(i,j) = w_ck / (h·w). So all classes'
-maps come from the same forward pass as the probabilities, with no backward pass and no hooks: :class:`CamModel`
-returns both, and ``engines.export`` writes it to ONNX as a second output ``cam_0``. (For the same reason HiResCAM and
-XGradCAM equal Grad-CAM on such heads; Grad-CAM++, LayerCAM, EigenCAM and ScoreCAM do not.)
+The default, fast CAM (``cascade.fastcam.CamModel``), is exact Grad-CAM for heads that are global average pooling + one
+Linear layer, computed in the prediction's own forward pass. (For the same reason HiResCAM and XGradCAM equal Grad-CAM
+on such heads; Grad-CAM++, LayerCAM, EigenCAM and ScoreCAM do not.)
 
 The other methods are pytorch-grad-cam's, described once each in :data:`METHODS` and run by one :class:`Explainer`,
 always at ``cascade.models.feature_layer(model)`` (the true last activation; torchvision DenseNet's ``features[-1]`` is
@@ -24,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
@@ -34,47 +31,13 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from torch import nn
 
 from cascade.errors import CascadeError
-from cascade.models import feature_layer, gap_linear_split
-
-
-class FastCamUnsupported(ValueError):
-    """The model's head is not GAP + one Linear, so CAMs must come from pytorch-grad-cam instead."""
+from cascade.fastcam import CamModel, fast_cam_supported
+from cascade.models import feature_layer
 
 
 class ExplainError(CascadeError, ValueError):
     """A CAM or faithfulness request cannot be served as asked (unknown method, class out of range, bad shapes)."""
 
-
-class CamModel(nn.Module):
-    """Wraps a stage model: ``forward(x) -> (softmax probabilities N×C, CAMs N×C×h×w)`` in one pass.
-
-    No hooks: the trunk and the head are called directly, so one model can serve many threads and exports cleanly.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        split = gap_linear_split(model)
-        if split is None:
-            raise FastCamUnsupported(
-                f"{type(model).__name__} has no global-average-pool + Linear head; use a pytorch-grad-cam method"
-            )
-        self.model = model
-        self._trunk, self.head = split
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self._trunk(x)  # N×K×h×w, after the activation
-        logits = self.head(fmap.mean(dim=(2, 3)))
-        cams = F.relu(torch.einsum("ck,nkhw->nchw", self.head.weight, fmap))
-        return torch.softmax(logits, dim=1), cams
-
-
-def fast_cam_supported(model: nn.Module) -> bool:
-    return gap_linear_split(model) is not None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Methods
-# --------------------------------------------------------------------------------------------------------------------
 
 _BACKWARD = "One forward and one backward pass per image and target class: about three times a prediction."
 

@@ -15,7 +15,7 @@ import torch
 
 from cascade.checkpoint import StageSpec
 from cascade.errors import CascadeError
-from cascade.explain import CamModel, fast_cam_supported
+from cascade.fastcam import CamModel, fast_cam_supported
 
 
 class BackendError(CascadeError):

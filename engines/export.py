@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cascade.checkpoint import StageSpec, file_sha256, load_stage
-from cascade.explain import CamModel, fast_cam_supported
+from cascade.fastcam import CamModel, fast_cam_supported
 from engines.backend import BackendError
 from engines.onnx_file import (
     CAMS_NAME,

@@ -16,7 +16,6 @@ from cascade.errors import CascadeError
 from cascade.explain import (
     FAITHFULNESS_METRICS,
     METHODS,
-    CamModel,
     CamResult,
     Explainer,
     ExplainError,
@@ -25,14 +24,11 @@ from cascade.explain import (
     model_lock,
     scale_maps,
 )
+from cascade.fastcam import CamModel
 from cascade.models import create_model, feature_layer, load_state_dict
 from cascade.preprocess import preprocess_batch
+from sample_images.generate import render_knee
 from tests.conftest import TINY_RES, make_knee_like
-
-try:
-    from sample_images.generate import render_knee
-except ImportError:  # written in parallel; the phantom cases skip until it lands
-    render_knee = None
 
 ARCHS = ("resnet18", "densenet121")
 EQ_RES = 128  # a 4×4 feature map: enough pixels for a correlation to mean something
@@ -66,8 +62,6 @@ def _images(source: str, n: int, res: int) -> np.ndarray:
     if source == "random":
         return _random_batch(7, n, res)
     if source == "phantom":
-        if render_knee is None:
-            pytest.skip("sample_images.generate.render_knee is not importable")
         rng = np.random.default_rng(3)
         grays = [render_knee(rng, density, 256) for density in np.linspace(0.45, 1.05, n)]
     else:
