@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -196,32 +197,21 @@ def main(args: argparse.Namespace) -> dict:
         history.append(row)
         score = _score(val_report, args.select_by)
         is_best = score > best_score
-        state = optimizer.state_dict()
-        save_checkpoint(
-            out / CHECKPOINT_NAME,
-            model,
-            args.arch,
-            classes,
-            args.resolution,
-            epoch + 1,
-            val_report["accuracy"] * 100,
-            val_loss,
-            state,
+        save = partial(
+            save_checkpoint,
+            model=model,
+            arch=args.arch,
+            classes=classes,
+            resolution=args.resolution,
+            epoch=epoch + 1,
+            accuracy=val_report["accuracy"] * 100,
+            loss=val_loss,
         )
+        save(out / CHECKPOINT_NAME, optimizer=optimizer.state_dict())
         if is_best:
             best_score = score
             # model_best carries no optimizer state: it is the deployable model (resume from checkpoint.pth.tar).
-            save_checkpoint(
-                out / BEST_NAME,
-                model,
-                args.arch,
-                classes,
-                args.resolution,
-                epoch + 1,
-                val_report["accuracy"] * 100,
-                val_loss,
-                None,
-            )
+            save(out / BEST_NAME, optimizer=None)
             best = {"epoch": epoch + 1, "select_by": args.select_by, "score": score, "val": val_report}
         log.info(
             "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f F1 %.3f | %.0fs%s",

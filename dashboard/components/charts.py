@@ -106,8 +106,14 @@ def headline_curves(s: Sweep, current: float, saved: float | None = None) -> go.
         x=t, y=s.routed_share, name="share sent to stage 2", line={"color": "#60a5fa", "dash": "dash"}, fill="tozeroy"
     )
     _gate_lines(fig, current, saved)
+    _curve_layout(fig, "The cascade against the gate threshold")
+    return fig
+
+
+def _curve_layout(fig: go.Figure, title: str) -> None:
+    """The shared look of the curves against the threshold (percent axis, legend below, unified hover)."""
     fig.update_layout(
-        title="The cascade against the gate threshold",
+        title=title,
         xaxis_title="gate threshold",
         yaxis={"range": [0, 1.02], "tickformat": ".0%"},
         height=380,
@@ -116,7 +122,6 @@ def headline_curves(s: Sweep, current: float, saved: float | None = None) -> go.
         hovermode="x unified",
         **_LAYOUT,
     )
-    return fig
 
 
 def class_curves(s: Sweep, classes: Sequence[str], current: float, saved: float | None = None) -> go.Figure:
@@ -129,16 +134,7 @@ def class_curves(s: Sweep, classes: Sequence[str], current: float, saved: float 
             x=s.thresholds, y=spec[:, i], name=f"{name} specificity", line={"color": _colour(i), "dash": "dot"}
         )
     _gate_lines(fig, current, saved)
-    fig.update_layout(
-        title="Per class",
-        xaxis_title="gate threshold",
-        yaxis={"range": [0, 1.02], "tickformat": ".0%"},
-        height=380,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "y": -0.2},
-        hovermode="x unified",
-        **_LAYOUT,
-    )
+    _curve_layout(fig, "Per class")
     return fig
 
 

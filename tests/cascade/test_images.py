@@ -7,7 +7,7 @@ from PIL import Image
 from cascade import images
 from cascade.errors import ImageReadError
 from cascade.images import read_image, read_image_bytes
-from tests.conftest import REALDATA
+from tests.conftest import REALDATA, make_dicom_bytes
 
 
 def _ramp(h=40, w=60) -> np.ndarray:
@@ -52,41 +52,10 @@ def test_exif_orientation_is_applied():
     assert out.shape == (50, 20)
 
 
-def _dicom_bytes(
-    arr: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None, pixels=True
-) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if pixels:
-        ds.PixelData = arr.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_dicom_monochrome2_and_monochrome1_inverted():
     arr = np.tile(np.linspace(0, 4000, 32).astype(np.uint16), (16, 1))
-    m2 = read_image_bytes(_dicom_bytes(arr), "a.dcm")
-    m1 = read_image_bytes(_dicom_bytes(arr, "MONOCHROME1"), "b.dcm")
+    m2 = read_image_bytes(make_dicom_bytes(arr), "a.dcm")
+    m1 = read_image_bytes(make_dicom_bytes(arr, "MONOCHROME1"), "b.dcm")
     assert m2[0, 0] == 0 and m2[0, -1] == 255
     np.testing.assert_array_equal(m1, 255 - m2)
 
@@ -94,7 +63,7 @@ def test_dicom_monochrome2_and_monochrome1_inverted():
 def test_dicom_rescale_and_window():
     arr = np.tile(np.linspace(0, 4000, 64).astype(np.uint16), (8, 1))
     # window centred on rescaled value 1000 with width 400: below 800 black, above 1200 white
-    out = read_image_bytes(_dicom_bytes(arr, slope=1, intercept=-1000, window=(1000, 400)), "c.dcm")
+    out = read_image_bytes(make_dicom_bytes(arr, slope=1, intercept=-1000, window=(1000, 400)), "c.dcm")
     rescaled = arr[0].astype(float) - 1000
     assert np.all(out[:, rescaled < 790] == 0) and np.all(out[:, rescaled > 1210] == 255)
     mid = (rescaled > 850) & (rescaled < 1150)
@@ -103,7 +72,7 @@ def test_dicom_rescale_and_window():
 
 def test_dicom_without_pixels():
     with pytest.raises(ImageReadError, match="without pixel data"):
-        read_image_bytes(_dicom_bytes(np.zeros((4, 4)), pixels=False), "report.dcm")
+        read_image_bytes(make_dicom_bytes(np.zeros((4, 4)), pixels=False), "report.dcm")
 
 
 @pytest.mark.parametrize(

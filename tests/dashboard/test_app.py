@@ -13,7 +13,7 @@ from cascade.config import load_config
 from cascade.dataset import index_dataset
 from cascade.gate import decide_batch
 from cascade.predcache import cached_predictions
-from tests.conftest import ROOT, make_knee_like
+from tests.conftest import ROOT, make_dicom_bytes, make_knee_like
 from tests.dashboard.conftest import assert_clean, click, ensure_predictions, open_app, widget
 
 PAGES = ["views/home.py", "views/explain.py", "views/gradcam.py", "views/dataset.py", "views/gate_tuning.py"]
@@ -36,29 +36,7 @@ def _png(seed: int = 0) -> bytes:
 
 
 def _dicom(pixels: bool = True) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    arr = (make_knee_like(3).astype(np.uint16) * 16).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    if pixels:
-        ds.PixelData = arr.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return make_dicom_bytes((make_knee_like(3).astype(np.uint16) * 16), pixels=pixels)
 
 
 def _answer(at) -> str:
