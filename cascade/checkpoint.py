@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cascade.errors import CheckpointError
+from cascade.fileio import atomic_path
 from cascade.models import create_model, load_state_dict
 from cascade.preprocess import DEFAULT_RESOLUTION
 
@@ -156,9 +157,8 @@ def save_checkpoint(
         "loss": float(loss),
         "optimizer": optimizer,
     }
-    tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import index_dataset
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, run_cli_command
 from cascade.images import is_image_file, read_image
 from cascade.metrics import classification_report
 
@@ -183,8 +183,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
-    try:
-        return args.func(args)
-    except CascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli_command(args.func, args)

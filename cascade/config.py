@@ -7,13 +7,13 @@ other key (tomlkit), and replaces the file atomically, so a crash never leaves a
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 
 from cascade.errors import ConfigError
+from cascade.fileio import write_atomic
 from cascade.gate import GateRule
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cascade.toml"
@@ -77,11 +77,4 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
     doc["gate"]["threshold"] = round(float(threshold), 4)
     if rule is not None:
         doc["gate"]["rule"] = GateRule.parse(rule).value
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tomlkit.dumps(doc))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(p, tomlkit.dumps(doc))

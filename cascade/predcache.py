@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 from cascade.checkpoint import file_sha256
 from cascade.dataset import DatasetIndex, Item
 from cascade.errors import CascadeError, ImageReadError
+from cascade.fileio import write_atomic
 from cascade.images import read_image
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "predictions"
@@ -110,14 +110,7 @@ def save_predictions(preds: Predictions, path: str | os.PathLike) -> None:
         failed_why=np.array(failed_why, dtype=np.str_),
         key=np.array(preds.key),
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, buf.getvalue())
 
 
 def load_predictions(path: str | os.PathLike) -> Predictions | None:

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, run_cli_command
 from engines.export import DEFAULT_OPSET, export_onnx
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
 
@@ -68,8 +68,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "max_batch", 1) < 1 or getattr(args, "workspace_mb", 1) < 1:
         print("error: --max-batch and --workspace-mb must be at least 1", file=sys.stderr)
         return 2
-    try:
-        return args.func(args)
-    except CascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli_command(args.func, args)

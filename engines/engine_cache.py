@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascade.checkpoint import file_sha256
+from cascade.fileio import write_atomic
 from engines.hardware import GpuInfo
 from engines.onnx_file import OnnxInfo
 
@@ -127,9 +128,7 @@ def make_manifest(
 
 def write_manifest(engine: Path, manifest: dict) -> Path:
     path = manifest_path(engine)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from cascade.checkpoint import StageSpec, file_sha256, load_stage
 from cascade.fastcam import CamModel, fast_cam_supported
+from cascade.fileio import atomic_path
 from engines.backend import BackendError
 from engines.onnx_file import (
     CAMS_NAME,
@@ -134,6 +135,22 @@ def parity(module: nn.Module, path: Path, batch: np.ndarray) -> float:
     return worst
 
 
+def _verify(module: nn.Module, path: Path, spec: StageSpec) -> float | None:
+    """ONNX Runtime vs PyTorch on a random batch of two; None when onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    batch = np.random.default_rng(0).standard_normal((2, 3, spec.resolution, spec.resolution)).astype(np.float32)
+    diff = parity(module, path, batch)
+    if diff > PARITY_TOLERANCE:
+        raise ExportError(
+            f"the ONNX export of {spec.model_dir} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}); "
+            "try another --opset"
+        )
+    return diff
+
+
 def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify: bool = True) -> ExportResult:
     """Export a model folder's checkpoint to ``<arch>.onnx`` beside it (atomically) and check the result.
 
@@ -145,27 +162,14 @@ def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify
     dest = spec.onnx_path
     module, outputs = export_module(model)
     meta = export_metadata(spec, file_sha256(spec.checkpoint_path), opset, CAMS_NAME in outputs)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    diff = None
     with _lock_for(dest):
         try:
-            _torch_export(module, outputs, spec.resolution, opset, tmp)
-            _stamp(tmp, meta)
-            diff = None
-            if verify:
-                try:
-                    import onnxruntime  # noqa: F401
-                except ImportError:
-                    pass
-                else:
-                    rng = np.random.default_rng(0)
-                    batch = rng.standard_normal((2, 3, spec.resolution, spec.resolution)).astype(np.float32)
-                    diff = parity(module, tmp, batch)
-                    if diff > PARITY_TOLERANCE:
-                        raise ExportError(
-                            f"the ONNX export of {spec.model_dir} differs from PyTorch by {diff:.2e} "
-                            f"(> {PARITY_TOLERANCE}); try another --opset"
-                        )
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                _torch_export(module, outputs, spec.resolution, opset, tmp)
+                _stamp(tmp, meta)
+                if verify:
+                    diff = _verify(module, tmp, spec)
         except ExportError:
             raise
         except OSError as exc:
@@ -174,8 +178,6 @@ def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify
             raise ExportError(
                 f"ONNX export of {spec.arch} in {spec.model_dir} failed: {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
     return ExportResult(dest, CAMS_NAME in outputs, time.perf_counter() - start, diff)
 
 

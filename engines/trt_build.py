@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from cascade.fileio import write_atomic
 from engines.backend import BackendError
 from engines.engine_cache import EngineTarget, engine_path, make_manifest, timing_cache_path, write_manifest
 from engines.fp16 import to_mixed_fp16
@@ -152,13 +153,7 @@ class EngineBuilder:
         if plan is None:
             raise EngineBuildError(f"TensorRT failed to build {Path(engine).name}; its log above says why")
         out = Path(engine)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(memoryview(plan))
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(out, memoryview(plan))
         if cache_file is not None:
             cache_file.write_bytes(bytes(memoryview(self.config.get_timing_cache().serialize())))
         return effective

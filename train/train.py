@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cascade.checkpoint import BEST_NAME, CHECKPOINT_NAME, LABELS_NAME, load_checkpoint, save_checkpoint, write_labels
 from cascade.errors import CheckpointError
+from cascade.fileio import write_atomic
 from cascade.metrics import classification_report
 from cascade.models import create_model, load_state_dict
 from train.data import GrayImageFolder
@@ -251,7 +252,5 @@ def _write_metrics(out: Path, args: argparse.Namespace, classes: tuple[str, ...]
         "epochs": history,
         "best": best,
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "metrics.json")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
