@@ -16,7 +16,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard import sidebar  # noqa: E402
-from dashboard.resources import CONTEXT_KEY  # noqa: E402
+from dashboard.context import CONTEXT_KEY  # noqa: E402
 
 st.set_page_config(page_title="Knee X-ray cascade", page_icon=":material/radiology:", layout="wide")
 

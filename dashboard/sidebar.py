@@ -6,7 +6,7 @@ import streamlit as st
 
 from cascade.gate import GateRule
 from dashboard import state
-from dashboard.resources import AppContext, build_context, is_demo
+from dashboard.context import AppContext, build_context, is_demo
 
 _SEEDED_FOR = "_gate_seeded_for"
 FOOTER = "Research tool. Not for clinical use."

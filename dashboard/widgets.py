@@ -11,15 +11,8 @@ from cascade.dataset import DatasetIndex, Item
 from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
-from dashboard.resources import (
-    AppContext,
-    dataset_image,
-    failing_part,
-    image_token,
-    read_upload,
-    show_error,
-    split_predictions,
-)
+from dashboard.caches import dataset_image, image_token, read_upload, split_predictions
+from dashboard.context import AppContext, failing_part, show_error
 
 
 def split_selector(index: DatasetIndex, label: str = "Split") -> str:

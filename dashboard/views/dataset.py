@@ -5,8 +5,9 @@ import hashlib
 import streamlit as st
 
 from dashboard import state, widgets
+from dashboard.caches import thumbnail
 from dashboard.components.browse import ANY, SORTS, Filters, apply_filters, browse_table
-from dashboard.resources import app_context, thumbnail
+from dashboard.context import app_context
 
 PER_PAGE = 24
 COLUMNS = 4

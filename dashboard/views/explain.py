@@ -8,10 +8,11 @@ import streamlit as st
 
 from cascade.gate import decide, flip_threshold
 from dashboard import state, widgets
+from dashboard.caches import fit_within, predict_image
 from dashboard.components.charts import probability_bars
 from dashboard.components.diagram import StageBox, cascade_dot
 from dashboard.components.narrative import decision_steps, flip_sentence, pct, would_have_said
-from dashboard.resources import app_context, failing_part, fit_within, predict_image
+from dashboard.context import app_context, failing_part
 
 ctx = app_context()
 st.title("Explain an image")

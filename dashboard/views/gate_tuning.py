@@ -14,7 +14,7 @@ from cascade.gate import decide_batch
 from cascade.sweep import DEFAULT_THRESHOLDS, flow_counts, suggest_gates
 from dashboard import state, widgets
 from dashboard.components.charts import class_curves, confusion_heatmap, flow_sankey, headline_curves
-from dashboard.resources import app_context
+from dashboard.context import app_context
 
 SAVE_RESULT_KEY = "gate_save_result"
 

@@ -9,16 +9,9 @@ import streamlit as st
 from cascade.explain import FAITHFULNESS_METRICS, METHODS
 from cascade.overlay import COLORMAPS, overlay, to_png_bytes
 from dashboard import widgets
+from dashboard.caches import explainer, faithfulness_score, fit_within, predict_image, stage_cams
 from dashboard.components.narrative import pct
-from dashboard.resources import (
-    app_context,
-    explainer,
-    failing_part,
-    faithfulness_score,
-    fit_within,
-    predict_image,
-    stage_cams,
-)
+from dashboard.context import app_context, failing_part
 
 PREDICTED = "predicted class"
 METRIC_LABELS = {

@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import state, widgets
+from dashboard.caches import machine_summary
 from dashboard.components.diagram import StageBox, cascade_dot
-from dashboard.resources import app_context, is_demo, machine_summary
+from dashboard.context import app_context, is_demo
 
 ctx = app_context()
 st.title("Knee X-ray cascade")

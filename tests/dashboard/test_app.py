@@ -20,7 +20,7 @@ PAGES = ["views/home.py", "views/explain.py", "views/gradcam.py", "views/dataset
 
 
 def _cascade(config):
-    from dashboard.resources import open_cascade_cached
+    from dashboard.caches import open_cascade_cached
 
     return open_cascade_cached(load_config(config), "auto")
 

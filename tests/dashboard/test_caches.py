@@ -8,7 +8,8 @@ import numpy as np
 
 from cascade.models import feature_layer
 from cascade.preprocess import preprocess_batch
-from dashboard.resources import build_context, explainer, fit_within
+from dashboard.caches import explainer, fit_within
+from dashboard.context import build_context
 from dashboard.state import Sources
 from tests.conftest import make_knee_like
 

@@ -1,9 +1,8 @@
-"""Everything the pages load, cached, with failures turned into messages instead of tracebacks.
+"""The app's Streamlit caches: models, dataset indexes, split predictions, images, per-image predictions and maps.
 
 Models are ``st.cache_resource`` (one copy per process, shared by sessions); images, thumbnails and per-image
 predictions are ``st.cache_data`` (pure values keyed by what determines them), so a rerun for a slider move finds them
-all in memory and runs no model. A part that fails (a config, a model folder, a dataset) is reported where it is
-needed, with what to do about it, and the rest of the app keeps working.
+all in memory and runs no model. What a run has open, and how failures are shown, is ``dashboard.context``.
 """
 
 from __future__ import annotations
@@ -12,56 +11,29 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import streamlit as st
 
-from cascade.config import CascadeConfig, load_config
+from cascade.config import CascadeConfig
 from cascade.dataset import DatasetIndex, Item, index_dataset
-from cascade.errors import CascadeError, CheckpointError, ConfigError
+from cascade.errors import CascadeError
 from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
 from cascade.predcache import Predictions, cache_key, cache_path, cached_predictions, load_predictions
-from dashboard.state import ROOT, Sources, prediction_cache_dir, sources
+from dashboard.state import prediction_cache_dir
+
+if TYPE_CHECKING:
+    from dashboard.context import AppContext
 
 log = logging.getLogger(__name__)
-DEMO_MODELS = ROOT / "models" / "demo"
 THUMB_SIZE = 160
 _MEMORY_ENTRIES = 8
-
-
-def _guidance(exc: Exception) -> str:
-    """What the user can do about a failure, by kind."""
-    if isinstance(exc, CheckpointError):
-        return "Point the config at model folders that hold `model_best.pth.tar` and `labels.txt`."
-    if isinstance(exc, ConfigError):
-        return "Choose another path under **Models and data** in the sidebar."
-    if type(exc).__name__ == "BackendError":
-        return "Choose another backend under **Models and data** in the sidebar."
-    return "Fix the input and try again; the rest of the app still works."
-
-
-def show_error(what: str, exc: Exception) -> None:
-    """One clear message for a failed part of the page, never a traceback."""
-    st.error(f"**{what}**: {exc}\n\n{_guidance(exc)}", icon=":material/error:")
-
-
-@contextmanager
-def failing_part(what: str, stop: bool = True) -> Iterator[None]:
-    """Show an expected failure inside the block as a message; ``stop`` ends the page there."""
-    try:
-        yield
-    except CascadeError as exc:
-        show_error(what, exc)
-        if stop:
-            st.stop()
 
 
 def _stamp(path: Path) -> str:
@@ -117,79 +89,6 @@ def machine_summary() -> str:
     gpu = detect_gpu()
     where = "no CUDA GPU" if gpu is None else f"GPU {gpu.name} (compute capability {gpu.sm})"
     return f"{cpu_model()}, {physical_cores()} physical core(s); {where}"
-
-
-def is_demo(cfg: CascadeConfig) -> bool:
-    """True when a stage is one of the synthetic demo models shipped in ``models/demo``."""
-    demo = DEMO_MODELS.resolve()
-    return any(d.resolve() == demo or demo in d.resolve().parents for d in (cfg.stage1_dir, cfg.stage2_dir))
-
-
-@dataclass
-class AppContext:
-    """What this run has open, or why not: pages ask for the part they need and stop with a message if it failed."""
-
-    sources: Sources
-    config: CascadeConfig | None = None
-    cascade: Cascade | None = None
-    index: DatasetIndex | None = None
-    errors: dict[str, tuple[str, Exception]] = field(default_factory=dict)
-    cascade_token: str = ""
-
-    def need_config(self) -> CascadeConfig:
-        return self._need("config", self.config)
-
-    def need_cascade(self) -> Cascade:
-        return self._need("cascade", self.cascade)
-
-    def need_index(self) -> DatasetIndex:
-        return self._need("index", self.index)
-
-    def _need(self, part: str, value):
-        if value is None:
-            what, exc = self.errors.get(part) or self.errors.get(
-                "config", ("Cascade config", ConfigError("not loaded"))
-            )
-            show_error(what, exc)
-            st.stop()
-        return value
-
-    @cached_property
-    def items_by_rel(self) -> dict[str, Item]:
-        """Dataset items by their path relative to the root (built once per run)."""
-        return {} if self.index is None else {it.rel: it for it in self.index.items}
-
-
-def build_context(src: Sources | None = None) -> AppContext:
-    """Open config, cascade and dataset for this run, recording each failure instead of raising it."""
-    ctx = AppContext(src or sources())
-    try:
-        ctx.config = load_config(ctx.sources.config_path)
-    except CascadeError as exc:
-        ctx.errors["config"] = ("Cascade config", exc)
-    if ctx.config is not None:
-        try:
-            ctx.cascade_token = cascade_token(ctx.config, ctx.sources.backend)
-            ctx.cascade = open_cascade_cached(ctx.config, ctx.sources.backend)
-        except CascadeError as exc:
-            ctx.errors["cascade"] = ("Models", exc)
-    try:
-        ctx.index = open_index_cached(ctx.sources.data_path)
-    except CascadeError as exc:
-        ctx.errors["index"] = ("Dataset", exc)
-    return ctx
-
-
-CONTEXT_KEY = "_app_context"
-
-
-def app_context() -> AppContext:
-    """The context built by the entry point for this run (built here when a page runs alone)."""
-    ctx = st.session_state.get(CONTEXT_KEY)
-    if ctx is None:
-        ctx = build_context()
-        st.session_state[CONTEXT_KEY] = ctx
-    return ctx
 
 
 # ---------------------------------------------------------------------------------------------------------------------
