@@ -1,45 +1,35 @@
-"""Explanations: class activation maps for a stage model, and how faithful they are.
+"""Explanations for one stage: class activation maps by any method, and a faithfulness score that tells a real map from
+a random one.
 
-The default, fast CAM (``cascade.fastcam.CamModel``), is exact Grad-CAM for heads that are global average pooling + one
-Linear layer, computed in the prediction's own forward pass. (For the same reason HiResCAM and XGradCAM equal Grad-CAM
-on such heads; Grad-CAM++, LayerCAM, EigenCAM and ScoreCAM do not.)
+This module imports neither torch nor pytorch-grad-cam, so the ONNX Runtime and TensorRT paths explain without them:
+the default "fast" CAM comes out of the backend's own forward pass (``predict_with_cams``: exact Grad-CAM for global
+average pool + Linear heads, see ``cascade.fastcam``), and the faithfulness score runs on the backend too. The other
+methods are pytorch-grad-cam's, run by ``cascade.torch_cams.Explainer`` on the stage's PyTorch model, which
+:class:`StageExplainer` loads (with torch) the first time one is asked for.
 
-The other methods are pytorch-grad-cam's, described once each in :data:`METHODS` and run by one :class:`Explainer`,
-always at ``cascade.models.feature_layer(model)`` (the true last activation; torchvision DenseNet's ``features[-1]`` is
-not, see ``cascade.models``). pytorch-grad-cam records activations with forward hooks on that layer, and a hook fires
-for *every* forward pass through the module, whoever runs it. So an Explainer keeps a private copy of the model by
-default, and all its CAM and metric work on one model is serialised by that model's lock (:func:`model_lock`).
+Maps are computed at the network's input resolution R×R and never at the image's size: overlays stretch them for
+display (``cascade.overlay``), so a 2660-px upload costs what a 128-px one does.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-from pytorch_grad_cam.metrics.road import ROADCombined
-from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
-from torch import nn
 
 from cascade.errors import CascadeError
-from cascade.fastcam import CamModel, fast_cam_supported
-from cascade.models import feature_layer
+from cascade.preprocess import preprocess_batch
 
 
 class ExplainError(CascadeError, ValueError):
     """A CAM or faithfulness request cannot be served as asked (unknown method, class out of range, bad shapes)."""
 
 
-_BACKWARD = "One forward and one backward pass per image and target class: about three times a prediction."
+BACKWARD_COST = "One forward and one backward pass per image and target class: about three times a prediction."
 
 
 @dataclass(frozen=True)
@@ -47,7 +37,7 @@ class MethodSpec:
     """One CAM method: what to show, what runs it and what it costs (so slow ones can warn before they run)."""
 
     label: str
-    cam_class: type[BaseCAM] | None  # None: the fast CAM of CamModel
+    cam_class: str | None  # pytorch-grad-cam's class name; None: the fast CAM
     slow: bool
     cost: str
     needs_gradients: bool
@@ -55,7 +45,7 @@ class MethodSpec:
     per_channel: bool = False  # one forward pass per feature channel (ScoreCAM)
 
 
-#: Every method the dashboard offers, in display order; keys are what :meth:`Explainer.explain` takes.
+#: Every method the dashboard offers, in display order; keys are what the explainers take.
 METHODS: dict[str, MethodSpec] = {
     "fast": MethodSpec(
         "Fast CAM (exact Grad-CAM)",
@@ -64,22 +54,22 @@ METHODS: dict[str, MethodSpec] = {
         cost="Free: every class's map comes out of the prediction's own forward pass (Grad-CAM otherwise).",
         needs_gradients=False,
     ),
-    "gradcam": MethodSpec("Grad-CAM", GradCAM, slow=False, cost=_BACKWARD, needs_gradients=True),
-    "gradcam++": MethodSpec("Grad-CAM++", GradCAMPlusPlus, slow=False, cost=_BACKWARD, needs_gradients=True),
-    "xgradcam": MethodSpec("XGrad-CAM", XGradCAM, slow=False, cost=_BACKWARD, needs_gradients=True),
-    "layercam": MethodSpec("LayerCAM", LayerCAM, slow=False, cost=_BACKWARD, needs_gradients=True),
+    "gradcam": MethodSpec("Grad-CAM", "GradCAM", slow=False, cost=BACKWARD_COST, needs_gradients=True),
+    "gradcam++": MethodSpec("Grad-CAM++", "GradCAMPlusPlus", slow=False, cost=BACKWARD_COST, needs_gradients=True),
+    "xgradcam": MethodSpec("XGrad-CAM", "XGradCAM", slow=False, cost=BACKWARD_COST, needs_gradients=True),
+    "layercam": MethodSpec("LayerCAM", "LayerCAM", slow=False, cost=BACKWARD_COST, needs_gradients=True),
     "eigencam": MethodSpec(
         "EigenCAM",
-        EigenCAM,
+        "EigenCAM",
         slow=False,
         cost="One forward pass and an SVD of the feature map per image; the same map for every class.",
         needs_gradients=False,
         uses_target=False,
     ),
-    "hirescam": MethodSpec("HiResCAM", HiResCAM, slow=False, cost=_BACKWARD, needs_gradients=True),
+    "hirescam": MethodSpec("HiResCAM", "HiResCAM", slow=False, cost=BACKWARD_COST, needs_gradients=True),
     "scorecam": MethodSpec(
         "Score-CAM",
-        ScoreCAM,
+        "ScoreCAM",
         slow=True,
         cost=(
             "One forward pass per feature channel per image and target (512 for resnet18, 1024 for densenet121): "
@@ -90,8 +80,6 @@ METHODS: dict[str, MethodSpec] = {
     ),
 }
 
-_SCORECAM_BATCH = 32  # masked images per forward pass; pytorch-grad-cam's default of 16 is slower on a CPU
-
 
 def method_key(method: str) -> str:
     """The :data:`METHODS` key for ``method`` (case-insensitive), or an ExplainError listing the valid ones."""
@@ -101,30 +89,59 @@ def method_key(method: str) -> str:
     return key
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# One lock per model
-# --------------------------------------------------------------------------------------------------------------------
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+def _min_max(maps: np.ndarray) -> np.ndarray:
+    low = maps.min(axis=(1, 2), keepdims=True)
+    maps = maps - low
+    return maps / (1e-7 + maps.max(axis=(1, 2), keepdims=True))
 
 
-def model_lock(model: nn.Module) -> threading.Lock:
-    """The lock that serialises hook-based CAM work on ``model``; anyone else running ``model`` meanwhile must hold it.
+def scale_maps(cams: np.ndarray, size: int) -> np.ndarray:
+    """N×h×w raw CAMs → N×size×size float32 in [0, 1], exactly as pytorch-grad-cam scales one target layer's maps.
 
-    pytorch-grad-cam registers forward hooks on the model itself, so two CAM objects alive on one model at once (or a
-    plain prediction while one is) mix up each other's activations.
+    ReLU, per-map min-max, bilinear resize to the input resolution, min-max again (its ``scale_cam_image`` per layer,
+    then for the result), written with numpy and OpenCV so engine maps need no torch.
     """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.Lock()
-        return lock
+    cams = np.maximum(np.asarray(cams, dtype=np.float32), 0)
+    if cams.ndim != 3 or len(cams) == 0:
+        raise ExplainError(f"expected raw maps N×h×w, got shape {cams.shape}")
+    resized = np.stack([cv2.resize(m, (size, size)) for m in _min_max(cams)])
+    return _min_max(resized).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Explainer
+# Targets and results
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def class_list(classes: Sequence[int]) -> list[int]:
+    """``classes`` as a non-empty list of ints, or an ExplainError."""
+    items = list(classes) if isinstance(classes, Sequence | np.ndarray) and not isinstance(classes, str) else []
+    if not items or not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in items):
+        raise ExplainError(f"target classes must be a non-empty list of class indices, got {classes!r}")
+    return [int(c) for c in items]
+
+
+def check_class(c: int, num_classes: int) -> None:
+    if not 0 <= c < num_classes:
+        raise ExplainError(f"target class {c} is out of range: this model has classes 0..{num_classes - 1}")
+
+
+def resolve_targets(target: int | Sequence[int] | None, probs: np.ndarray) -> np.ndarray:
+    """N class indices: ``target`` for every image, one per image, or each image's predicted class when None."""
+    n, num_classes = probs.shape
+    if target is None:
+        return probs.argmax(axis=1).astype(np.int64)
+    if isinstance(target, int | np.integer) and not isinstance(target, bool):
+        chosen = [int(target)] * n
+    elif isinstance(target, Sequence | np.ndarray) and not isinstance(target, str):
+        chosen = class_list(target)
+        if len(chosen) != n:
+            raise ExplainError(f"got {len(chosen)} target classes for a batch of {n} images")
+    else:
+        raise ExplainError(f"target must be a class index, one class index per image, or None; got {target!r}")
+    for c in chosen:
+        check_class(c, num_classes)
+    return np.asarray(chosen, dtype=np.int64)
 
 
 @dataclass
@@ -156,7 +173,7 @@ class CamResult:
     ) -> CamResult:
         """The "fast" result from a backend's ``predict_with_cams`` output (probs N×C, cams N×C×h×w: ONNX, TensorRT).
 
-        Scaled exactly as :meth:`Explainer.explain` scales CamModel's maps, so engine maps and PyTorch maps match.
+        Scaled exactly as the PyTorch explainer scales CamModel's maps, so engine maps and PyTorch maps match.
         """
         probs = np.asarray(probs, dtype=np.float32)
         cams = np.asarray(cams, dtype=np.float32)
@@ -167,245 +184,174 @@ class CamResult:
         return cls(maps, targets, probs, "fast", "fast", note, seconds)
 
 
-def scale_maps(cams: np.ndarray, size: int) -> np.ndarray:
-    """N×h×w raw CAMs → N×size×size float32 in [0, 1], exactly as pytorch-grad-cam scales one target layer's maps.
+# --------------------------------------------------------------------------------------------------------------------
+# Faithfulness: remove what the map lights first, or last, and watch the target's probability
+# --------------------------------------------------------------------------------------------------------------------
 
-    ReLU, per-map min-max, bilinear resize to the input resolution, min-max again (its per-layer then final scaling).
+#: Shares of the pixels removed (replaced by a blurred copy of the image), as ROAD's percentiles.
+REMOVAL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+#: Random maps behind the baseline shown beside each score.
+RANDOM_MAPS = 8
+_BLUR_SIGMA = 1 / 16  # of the resolution: removes detail, keeps the image's overall brightness
+
+
+def _removal_order(cam: np.ndarray) -> np.ndarray:
+    """Pixel indices from most to least relevant; ties (ReLU's zeros) in a fixed pseudo-random order, not raster."""
+    jitter = np.random.default_rng(0).random(cam.size)
+    return np.lexsort((jitter, -cam.ravel()))
+
+
+def _blurred(x: np.ndarray) -> np.ndarray:
+    sigma = max(1.0, x.shape[-1] * _BLUR_SIGMA)
+    return np.stack([cv2.GaussianBlur(ch, (0, 0), sigma) for ch in x])
+
+
+def removal_batch(x: np.ndarray, cams: np.ndarray, fractions: Sequence[float] = REMOVAL_FRACTIONS) -> np.ndarray:
+    """For each map and fraction f: the image with its most relevant f of pixels blurred, then with its least relevant.
+
+    ``x`` is one preprocessed image 3×R×R, ``cams`` M×R×R; the result is (M·F·2)×3×R×R in that order.
     """
-    cams = np.maximum(np.asarray(cams, dtype=np.float32), 0)
-    if cams.ndim != 3 or len(cams) == 0:
-        raise ExplainError(f"expected raw maps N×h×w, got shape {cams.shape}")
-    return scale_cam_image(scale_cam_image(cams, (size, size)))
+    blurred = _blurred(x)
+    flat_x, flat_b = x.reshape(3, -1), blurred.reshape(3, -1)
+    out = []
+    for cam in cams:
+        order = _removal_order(cam)
+        for f in fractions:
+            k = int(round(f * cam.size))
+            for removed in (order[:k], order[cam.size - k :]):  # most relevant first, least relevant first
+                img = flat_x.copy()
+                img[:, removed] = flat_b[:, removed]
+                out.append(img.reshape(x.shape))
+    return np.stack(out).astype(np.float32)
 
 
-def _class_list(classes: Sequence[int]) -> list[int]:
-    items = list(classes) if isinstance(classes, Sequence | np.ndarray) and not isinstance(classes, str) else []
-    if not items or not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in items):
-        raise ExplainError(f"target classes must be a non-empty list of class indices, got {classes!r}")
-    return [int(c) for c in items]
+def removal_scores(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    cams: np.ndarray,
+    target: int,
+    fractions: Sequence[float] = REMOVAL_FRACTIONS,
+) -> np.ndarray:
+    """Faithfulness of each map in ``cams`` (M×R×R) for class ``target`` on one preprocessed image ``x`` (3×R×R).
+
+    ROAD's combined score with a blurred baseline: the mean over ``fractions`` of P(target) when the *least* relevant
+    pixels are blurred minus P(target) when the *most* relevant are. It lies in [-1, 1]: positive when blurring what
+    the map lights hurts the class more than blurring what it ignores, about 0 for a random map, negative for an
+    inverted one, and about 0 for a class the model gives no probability (nothing to lose). ``predict`` maps a batch
+    N×3×R×R to probabilities N×C (any backend's ``predict``). Deterministic: no random state is drawn or changed.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    cams = np.asarray(cams, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != 3 or cams.ndim != 3 or cams.shape[1:] != x.shape[1:]:
+        raise ExplainError(f"expected one image 3×R×R and maps M×R×R of its size, got {x.shape} and {cams.shape}")
+    probs = np.asarray(predict(removal_batch(x, cams, fractions)), dtype=np.float64)
+    check_class(int(target), probs.shape[1])
+    p = probs[:, int(target)].reshape(len(cams), len(fractions), 2)
+    return (p[:, :, 1] - p[:, :, 0]).mean(axis=1)
 
 
-def _check_class(c: int, num_classes: int) -> None:
-    if not 0 <= c < num_classes:
-        raise ExplainError(f"target class {c} is out of range: this model has classes 0..{num_classes - 1}")
+def random_maps(size: int, count: int = RANDOM_MAPS, seed: int = 0) -> np.ndarray:
+    """``count`` smooth random maps size×size in [0, 1], as coarse as a CAM (a 4×4 grid, upsampled bilinearly).
+
+    Drawn from a local generator: the same maps on every call and in every thread.
+    """
+    coarse = np.random.default_rng(seed).random((count, 4, 4)).astype(np.float32)
+    return np.stack([cv2.resize(m, (size, size)) for m in coarse])
 
 
-def resolve_targets(target: int | Sequence[int] | None, probs: np.ndarray) -> np.ndarray:
-    """N class indices: ``target`` for every image, one per image, or each image's predicted class when None."""
-    n, num_classes = probs.shape
-    if target is None:
-        return probs.argmax(axis=1).astype(np.int64)
-    if isinstance(target, int | np.integer) and not isinstance(target, bool):
-        chosen = [int(target)] * n
-    elif isinstance(target, Sequence | np.ndarray) and not isinstance(target, str):
-        chosen = _class_list(target)
-        if len(chosen) != n:
-            raise ExplainError(f"got {len(chosen)} target classes for a batch of {n} images")
-    else:
-        raise ExplainError(f"target must be a class index, one class index per image, or None; got {target!r}")
-    for c in chosen:
-        _check_class(c, num_classes)
-    return np.asarray(chosen, dtype=np.int64)
+@dataclass(frozen=True)
+class RandomBaseline:
+    """What random maps score on this image and class: a real map should score clearly above ``mean``."""
+
+    mean: float
+    std: float
 
 
-class Explainer:
-    """Class activation maps for one stage model on the CPU, by any method in :data:`METHODS`, safe across threads.
+# --------------------------------------------------------------------------------------------------------------------
+# One stage's explainer: the dispatch the dashboard calls
+# --------------------------------------------------------------------------------------------------------------------
 
-    ``share_model=False`` (default) works on a private deep copy, so the caller's model (serving predictions in other
-    threads) never carries CAM hooks. With ``share_model=True`` whoever else runs the model must hold
-    :func:`model_lock` of it.
+
+@dataclass(frozen=True)
+class CamMaps:
+    """Maps of one stage on one image for some target classes, with the stage's probabilities and what actually ran."""
+
+    maps: dict[int, np.ndarray]  # class → R×R float32 in [0, 1]
+    probs: np.ndarray  # C
+    method: str  # the METHODS key that ran
+    note: str
+    seconds: float
+    engine: str  # who computed them: the backend (its name) for the fast CAM, else "PyTorch"
+
+
+class StageExplainer:
+    """CAMs and faithfulness for one stage backend, on grayscale images of any size.
+
+    The fast CAM comes from the backend itself where it returns CAMs; every other method (and the fast CAM of a
+    backend without a CAM output) runs in pytorch-grad-cam on the stage's PyTorch model: the torch backend's model
+    (a private copy, so serving never sees CAM hooks) or the checkpoint, loaded once, on first use or by :meth:`warm`.
+    Thread-safe: the PyTorch explainer serialises its own work.
     """
 
-    def __init__(self, model: nn.Module, *, share_model: bool = False) -> None:
-        self.model = (model if share_model else copy.deepcopy(model)).eval()
-        self.lock = model_lock(self.model)
-        self.layer = feature_layer(self.model)
-        self._fast = CamModel(self.model) if fast_cam_supported(self.model) else None
-        self._channels: int | None = None if self._fast is None else self._fast.head.in_features
-        self.device = next(self.model.parameters()).device
+    def __init__(self, backend) -> None:  # a cascade backend (``spec``, ``predict``, ``predict_with_cams``)
+        self.backend = backend
+        self.spec = backend.spec
+        self._torch = None
+        self._torch_lock = threading.Lock()
 
-    # ---- public API ----
+    def batch(self, image: np.ndarray) -> np.ndarray:
+        """One grayscale image as this stage's input, 1×3×R×R."""
+        return preprocess_batch([image], self.spec.resolution)
 
-    def explain(self, batch: np.ndarray, method: str = "fast", target: int | Sequence[int] | None = None) -> CamResult:
-        """Maps of ``method`` for ``target``: a class for all, one per image, or None (the predicted class)."""
-        start = time.perf_counter()
-        key = method_key(method)
-        x = self._tensor(batch)
-        with self.lock:
-            probs = self._probs(x)
-            targets = resolve_targets(target, probs)
-            maps, used, note = self._maps(x, key, targets)
-        return CamResult(maps, targets, probs, used, key, note, time.perf_counter() - start)
+    def torch_explainer(self):
+        """The pytorch-grad-cam explainer (``cascade.torch_cams.Explainer``), built once; imports torch."""
+        with self._torch_lock:
+            if self._torch is None:
+                from cascade.checkpoint import load_stage
+                from cascade.torch_cams import Explainer
 
-    def explain_targets(self, batch: np.ndarray, method: str, classes: Sequence[int]) -> dict[int, CamResult]:
-        """Maps of every class in ``classes`` for every image, keyed by class (e.g. osteopenia vs osteoporosis).
+                served = getattr(self.backend, "model", None)
+                if served is None:  # ONNX Runtime or TensorRT: nobody else runs this copy, so no second copy
+                    self._torch = Explainer(load_stage(self.spec.model_dir)[1], share_model=True)
+                else:
+                    self._torch = Explainer(served)
+            return self._torch
 
-        The fast method gets all classes from one forward pass and EigenCAM's map is the same for all; gradient
-        methods and ScoreCAM run once per class.
+    def warm(self) -> None:
+        """Import torch and pytorch-grad-cam, load the model and run one Grad-CAM, so the first real request is quick.
+
+        The first backward pass of a process also sets up the CPU kernels (oneDNN), a large part of its time.
         """
-        start = time.perf_counter()
-        key = method_key(method)
-        x = self._tensor(batch)
-        wanted = list(dict.fromkeys(_class_list(classes)))
-        out: dict[int, CamResult] = {}
-        with self.lock:
-            probs = self._probs(x)
-            for c in wanted:
-                _check_class(c, probs.shape[1])
-            n = len(x)
-            if key == "fast" and self._fast is not None:
-                all_maps = self._fast_maps(x)
-                for c in wanted:
-                    out[c] = CamResult(all_maps[:, c], np.full(n, c), probs, key, key, "", 0.0)
-            elif key == "eigencam":
-                maps, used, note = self._maps(x, key, np.full(n, wanted[0]))
-                for c in wanted:
-                    out[c] = CamResult(maps, np.full(n, c), probs, used, key, note, 0.0)
-            else:
-                for c in wanted:
-                    maps, used, note = self._maps(x, key, np.full(n, c))
-                    out[c] = CamResult(maps, np.full(n, c), probs, used, key, note, 0.0)
-        seconds = time.perf_counter() - start
-        for result in out.values():
-            result.seconds = seconds
-        return out
-
-    def faithfulness(self, batch: np.ndarray, result: CamResult, metric: str = "confidence_change") -> np.ndarray:
-        """:func:`faithfulness` of ``result``'s maps on this Explainer's model (see there for what the numbers mean)."""
-        return faithfulness(self.model, batch, result.maps, result.targets, metric)
-
-    @property
-    def feature_channels(self) -> int:
-        """Channels of the CAM layer: ScoreCAM runs one forward pass per channel."""
-        if self._channels is None:
-            seen: list[int] = []
-            with self.lock:
-                handle = self.layer.register_forward_hook(lambda _m, _i, out: seen.append(int(out.shape[1])))
-                try:
-                    with torch.no_grad():
-                        self.model(torch.zeros(1, 3, 224, 224, device=self.device))
-                finally:
-                    handle.remove()
-            self._channels = seen[0]
-        return self._channels
+        r = self.spec.resolution
+        self.torch_explainer().explain(np.zeros((1, 3, r, r), np.float32), "gradcam", 0)
 
     def cost(self, method: str) -> str:
-        """A sentence on what ``method`` costs for this model, to show before a slow method runs."""
+        """What ``method`` costs for this model, to show before a slow method runs."""
+        return self.torch_explainer().cost(method)
+
+    def maps(self, image: np.ndarray, method: str, classes: Sequence[int]) -> CamMaps:
+        """Maps of ``method`` for each of ``classes``, R×R (the input resolution), one pass for all where possible."""
         key = method_key(method)
-        spec = METHODS[key]
-        if key == "fast" and self._fast is None:
-            return f"{type(self.model).__name__} has no GAP + Linear head, so this runs Grad-CAM: {_BACKWARD}"
-        if spec.per_channel:
-            return (
-                f"{spec.label} runs one forward pass per feature channel: {self.feature_channels} masked images per "
-                "image and target class for this model, tens of seconds to minutes on a CPU."
-            )
-        return spec.cost
+        wanted = list(dict.fromkeys(class_list(classes)))
+        batch = self.batch(image)
+        if key == "fast" and self.backend.supports_cams:
+            start = time.perf_counter()
+            probs, raw = self.backend.predict_with_cams(batch)
+            for c in wanted:
+                check_class(c, probs.shape[1])
+            scaled = scale_maps(raw[0][wanted], self.spec.resolution)
+            maps = dict(zip(wanted, scaled, strict=True))
+            return CamMaps(maps, probs[0], "fast", "", time.perf_counter() - start, self.backend.name)
+        results = self.torch_explainer().explain_targets(batch, key, wanted)
+        first = next(iter(results.values()))
+        maps = {c: r.maps[0] for c, r in results.items()}
+        return CamMaps(maps, first.probs[0], first.method, first.note, first.seconds, "PyTorch")
 
-    # ---- internals (called with the lock held where they touch the model) ----
+    def faithfulness(self, image: np.ndarray, cam: np.ndarray, cls: int) -> float:
+        """:func:`removal_scores` of one map (R×R) for class ``cls``, run on the backend."""
+        return float(removal_scores(self.backend.predict, self.batch(image)[0], cam[None], cls)[0])
 
-    def _tensor(self, batch: np.ndarray) -> torch.Tensor:
-        if not isinstance(batch, np.ndarray):
-            raise ExplainError(f"expected a numpy batch N×3×R×R, got {type(batch).__name__}")
-        if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[2] != batch.shape[3] or len(batch) == 0:
-            raise ExplainError(f"expected a preprocessed batch N×3×R×R with N ≥ 1, got shape {batch.shape}")
-        if not np.issubdtype(batch.dtype, np.floating) or not np.isfinite(batch).all():
-            raise ExplainError("the batch must hold finite floats (use cascade.preprocess.preprocess_batch)")
-        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-
-    def _probs(self, x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
-
-    def _fast_maps(self, x: torch.Tensor) -> np.ndarray:
-        """Every class's fast CAM, N×C×R×R (a few small maps: selecting before scaling would save nothing)."""
-        with torch.no_grad():
-            _, cams = self._fast(x)
-        n, c, h, w = cams.shape
-        size = x.shape[-1]
-        return scale_maps(cams.float().cpu().numpy().reshape(n * c, h, w), size).reshape(n, c, size, size)
-
-    def _maps(self, x: torch.Tensor, key: str, targets: np.ndarray) -> tuple[np.ndarray, str, str]:
-        """(maps N×R×R, method that ran, note) for one target per image."""
-        note = ""
-        if key == "fast":
-            if self._fast is not None:
-                return self._fast_maps(x)[np.arange(len(x)), targets], key, note
-            key = "gradcam"
-            note = (
-                f"fast CAM needs a global-average-pool + Linear head and {type(self.model).__name__} has none, so "
-                "pytorch-grad-cam's Grad-CAM ran instead"
-            )
-        spec = METHODS[key]
-        if not spec.uses_target:
-            note = f"{spec.label} ignores the target class: its map is the feature map's first principal component"
-        cam = spec.cam_class(model=self.model, target_layers=[self.layer])
-        if spec.per_channel:
-            cam.batch_size = _SCORECAM_BATCH
-        # Not `with cam:` — BaseCAM.__exit__ prints and swallows IndexError; release the hooks ourselves instead.
-        try:
-            # A caller inside torch.inference_mode() still gets gradients: leave it, and use a tensor made outside it.
-            with torch.inference_mode(False), torch.enable_grad():
-                maps = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
-        finally:
-            cam.activations_and_grads.release()
-            self.model.zero_grad(set_to_none=True)
-        return np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0), key, note
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Faithfulness
-# --------------------------------------------------------------------------------------------------------------------
-
-FAITHFULNESS_METRICS = ("confidence_change", "road")
-#: Fewer thresholds than pytorch-grad-cam's nine: each costs two imputations and two forward passes per image.
-ROAD_PERCENTILES = (20, 40, 60, 80)
-
-
-def faithfulness(
-    model: nn.Module,
-    batch: np.ndarray,
-    cams: np.ndarray,
-    targets: Sequence[int] | np.ndarray,
-    metric: str = "confidence_change",
-    percentiles: Sequence[int] = ROAD_PERCENTILES,
-    seed: int = 0,
-) -> np.ndarray:
-    """How well each map explains its target's probability, with pytorch-grad-cam's metrics: N float32, higher = better.
-
-    Both are changes in the softmax probability of the target class, so they lie in [-1, 1]:
-
-    - ``"confidence_change"`` (``CamMultImageConfidenceChange``): p(target | image × map) − p(target | image), where the
-      normalised image is multiplied by the map (unlit regions become the mean gray). Near 0 or positive: the lit
-      region alone keeps the prediction (faithful); strongly negative: the evidence was elsewhere. One forward pass.
-    - ``"road"`` (``ROADCombined``, Rong et al. 2022): mean over ``percentiles`` of (drop when the least relevant pixels
-      are imputed away − drop when the most relevant are) / 2. Positive: removing what the map highlights hurts more
-      than removing what it ignores (faithful); about 0: no better than chance; negative: misleading. Costs two
-      sparse imputations and four forward passes per percentile, more thorough but ~10× dearer. The imputation noise
-      is seeded (``seed``), so a map always gets the same score.
-
-    Runs on ``model`` under its :func:`model_lock`, so it is safe beside CAM work in other threads.
-    """
-    if metric not in FAITHFULNESS_METRICS:
-        raise ExplainError(f"unknown faithfulness metric {metric!r}; choose one of {', '.join(FAITHFULNESS_METRICS)}")
-    if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
-        raise ExplainError(f"expected a preprocessed batch N×3×R×R, got shape {getattr(batch, 'shape', None)}")
-    cams = np.asarray(cams, dtype=np.float32)
-    if cams.shape != (batch.shape[0], *batch.shape[2:]):
-        raise ExplainError(f"expected maps {(batch.shape[0], *batch.shape[2:])} for this batch, got {cams.shape}")
-    targets = np.asarray(targets).reshape(-1)
-    if len(targets) != len(batch) or not np.issubdtype(targets.dtype, np.integer):
-        raise ExplainError(f"expected {len(batch)} integer target classes, got {targets!r}")
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-    wanted = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
-    scorer = CamMultImageConfidenceChange() if metric == "confidence_change" else ROADCombined(list(percentiles))
-    with model_lock(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-        was_training = model.training
-        model.eval()
-        torch.manual_seed(seed)
-        try:
-            scores = scorer(x, cams, wanted, model)
-        finally:
-            model.train(was_training)
-    return np.asarray(scores, dtype=np.float32).reshape(len(batch))
+    def random_baseline(self, image: np.ndarray, cls: int) -> RandomBaseline:
+        """The score of :func:`random_maps` on this image and class: the level a map must beat to mean anything."""
+        scores = removal_scores(self.backend.predict, self.batch(image)[0], random_maps(self.spec.resolution), cls)
+        return RandomBaseline(float(scores.mean()), float(scores.std()))

@@ -22,6 +22,7 @@ import streamlit as st
 from cascade.config import CascadeConfig
 from cascade.dataset import DatasetIndex, Item, index_dataset
 from cascade.errors import CascadeError
+from cascade.explain import CamMaps, RandomBaseline, StageExplainer
 from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
@@ -208,103 +209,81 @@ def predict_image(ctx: AppContext, token: str, image: np.ndarray) -> ImagePredic
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Class activation maps
+# Class activation maps and their faithfulness (``cascade.explain`` computes; these only cache)
 
 
-@st.cache_resource(show_spinner="Preparing the explainer…", max_entries=8)
-def _explainer(_cascade: Cascade, token: str, stage: int):
-    """One Explainer per stage model and process: it keeps a private copy of the torch model and a lock, so CAM hooks
-    never touch the model serving predictions, and two sessions' CAM work on it runs one after the other."""
-    from cascade.checkpoint import load_stage
-    from cascade.explain import Explainer
-
-    backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    model = getattr(backend, "model", None)
-    if model is None:  # ONNX Runtime or TensorRT: the maps need the PyTorch model of the same folder
-        _, model = load_stage(backend.spec.model_dir)
-    return Explainer(model)
+@st.cache_resource(max_entries=8)
+def _stage_explainer(_cascade: Cascade, token: str, stage: int) -> StageExplainer:
+    """One per stage model and process: its PyTorch explainer (loaded on first use) is shared by every session."""
+    return StageExplainer(_cascade.backend(stage))
 
 
-def explainer(ctx: AppContext, stage: int):
-    return _explainer(ctx.need_cascade(), ctx.cascade_token, stage)
+def stage_explainer(ctx: AppContext, stage: int) -> StageExplainer:
+    return _stage_explainer(ctx.need_cascade(), ctx.cascade_token, stage)
 
 
-@dataclass(frozen=True)
-class CamMaps:
-    """Maps of one stage for some target classes, with the stage's probabilities and what actually ran."""
+def _warm(explainers: list[StageExplainer]) -> None:
+    for ex in explainers:
+        try:
+            ex.warm()
+        except Exception:  # e.g. an ONNX-only folder (no checkpoint): the page says so when a method needs it
+            log.info("explainer warm-up of %s skipped", ex.spec.model_dir, exc_info=True)
 
-    maps: dict[int, np.ndarray]  # class → R×R in [0, 1]
-    probs: np.ndarray  # C
-    method: str
-    note: str
-    seconds: float
-    engine: str  # who computed them: the backend's own fast CAM, or the PyTorch explainer
+
+@st.cache_resource(max_entries=4)
+def _warm_up(_cascade: Cascade, token: str) -> threading.Thread:
+    explainers = [_stage_explainer(_cascade, token, stage) for stage in (1, 2)]
+    thread = threading.Thread(target=_warm, args=(explainers,), name="explainer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up_explainers(ctx: AppContext) -> None:
+    """Load torch, pytorch-grad-cam and both stages' PyTorch models in the background, once per cascade and process.
+
+    Started after the first page is drawn, so it does not delay it, and done by the time a user asks the Grad-CAM
+    page for a pytorch-grad-cam method (about 5 s of imports on a 2-core CPU, which would otherwise be that first
+    request's wait).
+    """
+    if ctx.cascade is not None:
+        _warm_up(ctx.cascade, ctx.cascade_token)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def _cams(
     _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, method: str, classes: tuple
 ) -> CamMaps:
-    import time
-
-    from cascade.explain import scale_maps
-    from cascade.preprocess import preprocess_batch
-
-    backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
-    if method == "fast" and backend.supports_cams:
-        start = time.perf_counter()
-        probs, raw = backend.predict_with_cams(batch)
-        scaled = scale_maps(raw[0], backend.spec.resolution)  # all classes of the one image
-        maps = {c: scaled[c].astype(np.float32) for c in classes}
-        return CamMaps(maps, probs[0], "fast", "", time.perf_counter() - start, backend.name)
-    results = _explainer(_cascade, token, stage).explain_targets(batch, method, list(classes))
-    first = next(iter(results.values()))
-    maps = {c: r.maps[0] for c, r in results.items()}
-    return CamMaps(maps, first.probs[0], first.method, first.note, first.seconds, "PyTorch")
+    return _stage_explainer(_cascade, token, stage).maps(_image, method, classes)
 
 
 def stage_cams(ctx: AppContext, stage: int, image_token: str, image: np.ndarray, method: str, classes) -> CamMaps:
-    """One stage's maps of ``method`` for ``classes`` on one image, computed once per image and method."""
+    """One stage's maps of ``method`` for ``classes`` on one image (R×R), computed once per image, models and method;
+    the page only re-blends them when opacity or colours change."""
     key = tuple(sorted(int(c) for c in classes))
     return _cams(ctx.need_cascade(), ctx.cascade_token, stage, image_token, image, method, key)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _faithfulness(
-    _cascade: Cascade,
-    token: str,
-    stage: int,
-    image_token: str,
-    _image: np.ndarray,
-    method: str,
-    cls: int,
-    metric: str,
-    _cam: np.ndarray,
+    _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, method: str, cls: int, _cam
 ) -> float:
-    from cascade.explain import faithfulness
-    from cascade.preprocess import preprocess_batch
-
-    backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
-    model = _explainer(_cascade, token, stage).model
-    return float(faithfulness(model, batch, _cam[None], np.array([cls]), metric)[0])
+    return _stage_explainer(_cascade, token, stage).faithfulness(_image, _cam, cls)
 
 
 def faithfulness_score(
-    ctx: AppContext,
-    stage: int,
-    image_token: str,
-    image: np.ndarray,
-    method: str,
-    cls: int,
-    metric: str,
-    cam: np.ndarray,
+    ctx: AppContext, stage: int, image_token: str, image: np.ndarray, method: str, cls: int, cam: np.ndarray
 ) -> float:
-    """How well ``cam`` (that stage's map of ``method`` for class ``cls``) explains the class's probability.
+    """``cascade.explain.removal_scores`` of ``cam`` (that stage's map of ``method`` for ``cls``), cached."""
+    return _faithfulness(ctx.need_cascade(), ctx.cascade_token, stage, image_token, image, method, int(cls), cam)
 
-    pytorch-grad-cam's metrics (``cascade.explain.faithfulness``), higher is more faithful; cached per image, method,
-    class and metric.
-    """
-    cascade = ctx.need_cascade()
-    return _faithfulness(cascade, ctx.cascade_token, stage, image_token, image, method, int(cls), metric, cam)
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _random_baseline(
+    _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, cls: int
+) -> RandomBaseline:
+    return _stage_explainer(_cascade, token, stage).random_baseline(_image, cls)
+
+
+def random_baseline(ctx: AppContext, stage: int, image_token: str, image: np.ndarray, cls: int) -> RandomBaseline:
+    """What random maps score on this image and class (the same for every method), cached."""
+    return _random_baseline(ctx.need_cascade(), ctx.cascade_token, stage, image_token, image, int(cls))
