@@ -95,15 +95,15 @@ class Sweep:
         return _ratio(caught, caught + missed)
 
     @property
-    def normal_specificity(self) -> np.ndarray:
-        """T: share of normal knees called normal: the specificity of the abnormal-vs-normal screen."""
+    def normal_recall(self) -> np.ndarray:
+        """T: share of normal knees called normal (recall of the normal class; the abnormal screen's specificity)."""
         _, _, kept, flagged = self._binary()
         return _ratio(kept, kept + flagged)
 
     @property
     def youden_j(self) -> np.ndarray:
-        """T: Youden's J of the abnormal-vs-normal screen (sensitivity + specificity − 1)."""
-        return self.abnormal_sensitivity + self.normal_specificity - 1.0
+        """T: Youden's J of the abnormal-vs-normal screen (abnormal sensitivity + normal recall − 1)."""
+        return self.abnormal_sensitivity + self.normal_recall - 1.0
 
     def expected_cost(self, cost_ratio: float) -> np.ndarray:
         """T: mean cost per image when a missed abnormal knee costs ``cost_ratio`` false alarms."""
@@ -180,28 +180,32 @@ def suggest_gates(s: Sweep, target_sensitivity: float = 0.95, cost_ratio: float 
     a sensitivity target is the *lowest* threshold that reaches it: the one that lets stage 1 settle the most images.
     """
     t = s.thresholds
-    out: list[Suggestion] = []
-    i = _lowest_best(s.accuracy, t, maximise=True)
-    out.append(
-        Suggestion(
+
+    def pick(key: str, title: str, values: np.ndarray, maximise: bool, none_why: str, why) -> Suggestion:
+        i = _lowest_best(values, t, maximise)
+        return Suggestion(key, title, None if i is None else float(t[i]), none_why if i is None else why(i))
+
+    out = [
+        pick(
             "max_accuracy",
             "Maximum accuracy",
-            None if i is None else float(t[i]),
-            "no labelled images" if i is None else f"accuracy {s.accuracy[i]:.1%}, {s.routed_share[i]:.0%} to stage 2",
-        )
-    )
-    i = _lowest_best(s.youden_j, t, maximise=True)
-    out.append(
-        Suggestion(
+            s.accuracy,
+            True,
+            "no labelled images",
+            lambda i: f"accuracy {s.accuracy[i]:.1%}, {s.routed_share[i]:.0%} to stage 2",
+        ),
+        pick(
             "youden",
             "Youden's J (normal vs abnormal)",
-            None if i is None else float(t[i]),
-            "needs both normal and abnormal images"
-            if i is None
-            else f"J = {s.youden_j[i]:.3f} (abnormal sensitivity {s.abnormal_sensitivity[i]:.1%}, "
-            f"normal specificity {s.normal_specificity[i]:.1%})",
-        )
-    )
+            s.youden_j,
+            True,
+            "needs both normal and abnormal images",
+            lambda i: (
+                f"J = {s.youden_j[i]:.3f} (abnormal sensitivity {s.abnormal_sensitivity[i]:.1%}, "
+                f"normal recall {s.normal_recall[i]:.1%})"
+            ),
+        ),
+    ]
     sens = s.abnormal_sensitivity
     ok = np.flatnonzero(np.isfinite(sens) & (sens >= target_sensitivity - 1e-12))
     if len(ok):
@@ -220,13 +224,14 @@ def suggest_gates(s: Sweep, target_sensitivity: float = 0.95, cost_ratio: float 
         )
         out.append(Suggestion("sensitivity", f"Abnormal sensitivity ≥ {target_sensitivity:.0%}", None, why))
     cost = s.expected_cost(cost_ratio)
-    i = _lowest_best(cost, t, maximise=False)
     out.append(
-        Suggestion(
+        pick(
             "min_cost",
             f"Minimum expected cost (miss = {cost_ratio:g}× false alarm)",
-            None if i is None else float(t[i]),
-            "no labelled images" if i is None else f"cost {cost[i]:.3f} per image (in false-alarm units)",
+            cost,
+            False,
+            "no labelled images",
+            lambda i: f"cost {cost[i]:.3f} per image (in false-alarm units)",
         )
     )
     return out

@@ -58,7 +58,7 @@ def redecide_everything(p1: np.ndarray, p2: np.ndarray, y: np.ndarray, t: float,
     """What one slider move costs the Gate tuning page: the decision, the sweep and all that is drawn from it."""
     now = decide_batch(p1, p2, 0, t)
     s = sweep(p1, p2, y, 0, DEFAULT_THRESHOLDS, GateRule.P_NORMAL)
-    _ = (s.accuracy, s.sensitivity, s.specificity, s.abnormal_sensitivity, s.normal_specificity, s.youden_j)
+    _ = (s.accuracy, s.sensitivity, s.specificity, s.abnormal_sensitivity, s.normal_recall, s.youden_j)
     suggest_gates(s, 0.95, 5.0)
     sweep(p1, p2, y, 0, [t], GateRule.P_NORMAL)
     before = decide_batch(p1, p2, 0, saved)

@@ -43,7 +43,7 @@ def test_sweep_matches_decide_batch_at_every_threshold(rule):
         assert s.abnormal_sensitivity[i] == pytest.approx(abnormal_sensitivity(y, dec.final, NI))
         assert s.routed_share[i] == pytest.approx(dec.routed.mean())
         normal = y == NI
-        assert s.normal_specificity[i] == pytest.approx((dec.final[normal] == NI).mean())
+        assert s.normal_recall[i] == pytest.approx((dec.final[normal] == NI).mean())
 
 
 def test_rules_differ_below_one_half():
