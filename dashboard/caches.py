@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ import streamlit as st
 
 from cascade.config import CascadeConfig
 from cascade.dataset import DatasetIndex, Item, index_dataset
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, ImageReadError
 from cascade.explain import CamMaps, RandomBaseline, StageExplainer
+from cascade.fileio import file_sha256
 from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
@@ -38,11 +40,24 @@ _MEMORY_ENTRIES = 8
 
 
 def _stamp(path: Path) -> str:
+    """A file's identity as the OS sees it: inode, size and modification time (ns); "missing" when it is gone.
+
+    Overwriting in place changes size or mtime, replacing by rename changes the inode.
+    """
     try:
         info = path.stat()
     except OSError:
         return "missing"
-    return f"{info.st_mtime_ns}:{info.st_size}"
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _tree_stamp(root: Path) -> str:
+    """Identity of a dataset tree's listing: every folder's stamp (a file added or removed changes its folder's)."""
+    parts = [_stamp(root)]
+    for folder, dirs, _files in os.walk(root):
+        dirs.sort()
+        parts += [f"{folder}/{d}={_stamp(Path(folder) / d)}" for d in dirs]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 @st.cache_resource(show_spinner="Loading the models…", max_entries=4)
@@ -55,14 +70,17 @@ def _open_cascade(stage1: str, stage2: str, normal_label: str, backend: str, tok
 
 
 def cascade_token(cfg: CascadeConfig, backend: str) -> str:
-    """Identity of a loaded cascade: its folders, backend kind and the checkpoints' timestamps and sizes.
+    """Identity of a loaded cascade: its folders, backend kind and the stamps of every file a backend may run.
 
-    ONNX files are left out: the backends derive them from the checkpoint (re-exporting stale ones on load), and the
-    first load may write them. A file swapped by hand is picked up with the sidebar's reload button.
+    Checked on every run, so a checkpoint, labels.txt, ONNX file or engine replaced while the app runs loads the
+    models again, and every cached prediction and map (keyed on this token) is computed afresh. The first load may
+    export an ONNX file, which changes the token once: the next run then opens the folders again, quickly.
     """
     parts = [str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend]
     for folder in (cfg.stage1_dir, cfg.stage2_dir):
         parts += [_stamp(folder / name) for name in ("model_best.pth.tar", "labels.txt")]
+        models = sorted([*folder.glob("*.onnx"), *folder.glob("*.engine")]) if folder.is_dir() else []
+        parts += [f"{p.name}={_stamp(p)}" for p in models]
     return "|".join(parts)
 
 
@@ -79,7 +97,7 @@ def _index(root: str, token: str) -> DatasetIndex:
 
 def open_index_cached(root: str) -> DatasetIndex:
     path = Path(root).expanduser()
-    return _index(str(path), _stamp(path))
+    return _index(str(path), _tree_stamp(path))
 
 
 @st.cache_resource
@@ -138,14 +156,41 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
 # Images
 
 
+#: Files up to this size are also hashed for their cache identity (a few ms), larger ones go by their stamp alone.
+CONTENT_HASH_LIMIT = 16 << 20
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
-def read_dataset_image(path: str, stamp: str) -> np.ndarray:
-    return read_image(path)
+def _read_dataset_image(path: str, stamp: str) -> np.ndarray:
+    image = read_image(path)
+    if _stamp(Path(path)) != stamp:  # written to while being read: these pixels belong to no version of the file
+        raise ImageReadError(f"'{path}' changed while it was being read; open it again")
+    return image
 
 
-def dataset_image(item: Item) -> np.ndarray:
-    """A dataset image as grayscale uint8 (raises ImageReadError with the reason)."""
-    return read_dataset_image(str(item.path), _stamp(item.path))
+def _content_hash(path: Path, stamp: str) -> str:
+    size = int(stamp.split(":")[1])
+    return file_sha256(path) if size <= CONTENT_HASH_LIMIT else ""
+
+
+def dataset_image(item: Item) -> tuple[np.ndarray, str]:
+    """A dataset image as grayscale uint8 and its cache identity, as the file is now.
+
+    The identity (path, inode, size, mtime and, for files up to :data:`CONTENT_HASH_LIMIT`, the content's hash) is
+    taken on every call, so a file overwritten while the app runs gives new pixels and a new identity (and so new
+    predictions and maps), and a removed one an ImageReadError that says so.
+    """
+    stamp = _stamp(item.path)
+    if stamp == "missing":
+        raise ImageReadError(
+            f"'{item.rel}' was removed or renamed since the dataset was indexed; pick another image or reload the "
+            "dataset"
+        )
+    try:
+        token = f"file:{item.path}:{stamp}:{_content_hash(item.path, stamp)}"
+    except OSError as exc:
+        raise ImageReadError(f"'{item.rel}' cannot be read: {exc.strerror or exc}") from exc
+    return _read_dataset_image(str(item.path), stamp), token
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -196,11 +241,9 @@ def _predict(_cascade: Cascade, token: str, image_token: str, _image: np.ndarray
     return ImagePrediction(r1.probs[0].astype(np.float64), r2.probs[0].astype(np.float64), r1.seconds, r2.seconds)
 
 
-def image_token(data: bytes | None = None, item: Item | None = None) -> str:
-    """Identity of an image for caches: its bytes' hash for uploads, path and timestamp for dataset files."""
-    if item is not None:
-        return f"file:{item.path}:{_stamp(item.path)}"
-    return "upload:" + hashlib.sha256(data or b"").hexdigest()
+def upload_token(data: bytes) -> str:
+    """Identity of an uploaded image for caches: its bytes' hash (dataset files: :func:`dataset_image`)."""
+    return "upload:" + hashlib.sha256(data).hexdigest()
 
 
 def predict_image(ctx: AppContext, token: str, image: np.ndarray) -> ImagePrediction:

@@ -11,7 +11,7 @@ from cascade.dataset import DatasetIndex, Item
 from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
-from dashboard.caches import dataset_image, image_token, read_upload, split_predictions
+from dashboard.caches import dataset_image, read_upload, split_predictions, upload_token
 from dashboard.context import AppContext, failing_part, show_error
 
 
@@ -132,7 +132,7 @@ def _pick_from_dataset(ctx: AppContext, page: str) -> PickedImage | None:
     st.query_params[state.IMAGE_PARAM] = chosen
     item = ctx.items_by_rel[chosen]
     with failing_part(f"Image '{item.rel}'", stop=False):
-        return PickedImage(dataset_image(item), image_token(item=item), item.rel, item)
+        return PickedImage(*dataset_image(item), item.rel, item)
     return None
 
 
@@ -152,7 +152,7 @@ def _pick_upload(page: str) -> PickedImage | None:
     if upload is None:
         st.caption(f"Showing the file uploaded earlier: `{name}`.")
     with failing_part(f"Upload '{name}'", stop=False):
-        return PickedImage(read_upload(data, name), image_token(data=data), name)
+        return PickedImage(read_upload(data, name), upload_token(data), name)
     return None
 
 

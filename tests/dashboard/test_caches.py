@@ -8,7 +8,7 @@ import numpy as np
 
 from cascade.models import feature_layer
 from cascade.preprocess import preprocess_batch
-from dashboard.caches import explainer, fit_within
+from dashboard.caches import fit_within, stage_explainer
 from dashboard.context import build_context
 from dashboard.state import Sources
 from tests.conftest import make_knee_like
@@ -16,8 +16,8 @@ from tests.conftest import make_knee_like
 
 def test_two_sessions_computing_heatmaps_get_the_maps_each_gets_alone(tiny_config, tiny_dataset):
     ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
-    ex = explainer(ctx, 2)
-    assert explainer(ctx, 2) is ex  # one per process: shared by every session
+    ex = stage_explainer(ctx, 2).torch_explainer()
+    assert stage_explainer(ctx, 2).torch_explainer() is ex  # one per process: shared by every session
     res = ctx.cascade.spec2.resolution
     batches = [preprocess_batch([make_knee_like(seed)], res) for seed in (1, 2)]
     alone = [ex.explain(b, "gradcam++", 1).maps for b in batches]
