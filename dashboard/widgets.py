@@ -12,7 +12,7 @@ from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
 from dashboard.caches import dataset_image, read_upload, split_predictions, upload_token
-from dashboard.context import AppContext, failing_part, show_error
+from dashboard.context import AppContext, escape_md, failing_part, show_error
 
 
 def split_selector(index: DatasetIndex, label: str = "Split") -> str:
@@ -150,7 +150,7 @@ def _pick_upload(page: str) -> PickedImage | None:
         return None
     name, data = last
     if upload is None:
-        st.caption(f"Showing the file uploaded earlier: `{name}`.")
+        st.caption(f"Showing the file uploaded earlier: {escape_md(name)}.")
     with failing_part(f"Upload '{name}'", stop=False):
         return PickedImage(read_upload(data, name), upload_token(data), name)
     return None
