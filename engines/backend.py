@@ -82,6 +82,10 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.spec.arch}, {self.spec.resolution}px)"
 
+    def close(self) -> None:
+        """Free what the backend holds outside Python's reach (TensorRT's GPU buffers); a no-op for most."""
+        return None
+
 
 class TorchBackend(Backend):
     """PyTorch eager, CPU or CUDA; CAMs through :class:`cascade.explain.CamModel` where the head allows.
