@@ -8,7 +8,6 @@ reason, with why. Engines are never built here: a build takes minutes (``engines
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
@@ -63,15 +62,13 @@ def _stamp(path: Path) -> str:
 def _tensorrt_backend(spec: StageSpec, precision: str | None) -> tuple[Backend, str]:
     """An existing engine for this GPU, loaded and run once; never a build (``python -m engines build`` or the
     dashboard's build button do that)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendError("TensorRT is not installed")
-    gpu = detect_gpu()  # before anything touches TensorRT's runtime, which crashes without a GPU
-    if gpu is None:
-        raise BackendError("no CUDA GPU found")
     from engines.trt_backend import TensorRTBackend
     from engines.trt_build import default_precision, import_tensorrt
 
     trt = import_tensorrt()
+    gpu = detect_gpu()  # before anything touches TensorRT's runtime, which crashes without a GPU
+    if gpu is None:
+        raise BackendError("no CUDA GPU found")
     info, note = ensure_onnx(spec)
     target = EngineTarget(str(trt.__version__), gpu, precision or default_precision(gpu))
     plan = plan_engine(info.path, target)
@@ -95,12 +92,6 @@ def _tensorrt_backend(spec: StageSpec, precision: str | None) -> tuple[Backend, 
             _trt_failures[key] = (stamp, why)
         raise BackendError(why) from exc
     return backend, f"{note}; {plan.reason}"
-
-
-def forget_tensorrt_failures() -> None:
-    """Try every engine again (remembered failures are otherwise kept for the process's life)."""
-    with _trt_failures_lock:
-        _trt_failures.clear()
 
 
 def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: str | None = None) -> tuple[Backend, str]:

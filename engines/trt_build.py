@@ -201,8 +201,6 @@ class EngineBuilder:
         monitor: Any = None,
     ) -> str:
         """Build and write the engine (atomically); returns the precision it was built with."""
-        if self.network is None:
-            raise EngineBuildError("create_network() must be called before create_engine()")
         effective = self._set_precision(precision)
         cache_file = Path(timing_cache) if timing_cache else None
         self._set_timing_cache(cache_file)

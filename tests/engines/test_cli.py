@@ -28,3 +28,20 @@ def test_build_without_tensorrt_says_how_to_install(tmp_path, capsys, monkeypatc
     assert main(["build", str(tmp_path), "--precision", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err and "requirements-tensorrt.txt" in err
+
+
+def test_build_prints_progress_and_the_engine(tmp_path, capsys, monkeypatch, exported_models):
+    import shutil
+
+    from engines.hardware import GpuInfo
+    from tests.engines.fake_tensorrt import make_fake_tensorrt
+
+    folder = tmp_path / "resnet18"
+    shutil.copytree(exported_models["resnet18"], folder)
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.13.0.35")[0])
+    monkeypatch.setattr("engines.trt_build.detect_gpu", lambda: GpuInfo("NVIDIA L4", (8, 9)))
+    assert main(["build", str(folder), "--precision", "fp32", "--max-batch", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "[ 15%] building resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
+    assert "[100%] wrote" in captured.err
+    assert captured.out.startswith(f"wrote {folder / 'resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine'} (fp32,")

@@ -10,6 +10,7 @@ import sys
 import onnx
 import pytest
 
+from engines.backend import BackendError
 from engines.engine_cache import EngineTarget, engine_path, plan_engine, read_manifest, timing_cache_path
 from engines.hardware import GpuInfo
 from engines.onnx_file import read_onnx_info
@@ -174,3 +175,15 @@ def test_default_precision_follows_the_gpu():
     assert default_precision(GPU) == "fp16"
     assert default_precision(GpuInfo("Jetson Nano", (5, 3))) == "fp16"
     assert default_precision(GpuInfo("GTX 1080", (6, 1))) == "fp32"
+
+
+def test_invalid_fp16_conversion_is_a_backend_error(onnx_file, monkeypatch):
+    pytest.importorskip("onnxconverter_common")
+
+    def invalid(model):
+        raise onnx.checker.ValidationError("Field 'type' of 'value_info' is required but missing.")
+
+    monkeypatch.setattr("onnx.checker.check_model", invalid)
+    with pytest.raises(BackendError, match="mixed-FP16 conversion of resnet18.onnx failed .ValidationError"):
+        _build(onnx_file, "11.4.0.106", "fp16")
+    assert not list(onnx_file.parent.glob("*.engine"))

@@ -45,10 +45,8 @@ def _install(monkeypatch, trt, memory=True):
 
 
 @pytest.fixture(autouse=True)
-def no_remembered_failures():
-    select.forget_tensorrt_failures()
-    yield
-    select.forget_tensorrt_failures()
+def no_remembered_failures(monkeypatch):
+    monkeypatch.setattr(select, "_trt_failures", {})
 
 
 @pytest.fixture
