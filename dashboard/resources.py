@@ -74,8 +74,8 @@ def _stamp(path: Path) -> str:
 
 def _release_cascade(cascade: Cascade) -> None:
     """On eviction: free GPU buffers inside their CUDA context now, not at some garbage collection in another thread."""
-    cascade.backend1.close()
-    cascade.backend2.close()
+    for stage in (1, 2):
+        cascade.backend(stage).close()
 
 
 @st.cache_resource(show_spinner="Loading the models…", max_entries=4, on_release=_release_cascade)

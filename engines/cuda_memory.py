@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.backend import BackendError
+from cascade.errors import BackendError
 
 log = logging.getLogger("engines.cuda")
 

@@ -45,7 +45,7 @@ def test_fit_within_keeps_aspect_and_never_enlarges():
 def test_evicted_cascade_closes_its_backends(tiny_config, tiny_dataset, monkeypatch):
     import streamlit as st
 
-    from engines.backend import TorchBackend
+    from engines.torch_backend import TorchBackend
 
     closed = []
     monkeypatch.setattr(TorchBackend, "close", lambda self: closed.append(self))

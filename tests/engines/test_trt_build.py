@@ -10,7 +10,7 @@ import sys
 import onnx
 import pytest
 
-from engines.backend import BackendError
+from cascade.errors import BackendError
 from engines.engine_cache import EngineTarget, engine_path, plan_engine, read_manifest, timing_cache_path
 from engines.hardware import GpuInfo
 from engines.onnx_file import read_onnx_info

@@ -12,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cascade.checkpoint import file_sha256, load_stage
+from cascade.checkpoint import load_stage
+from cascade.errors import BackendError
+from cascade.fileio import file_sha256
 from engines import select
-from engines.backend import BackendError
 from engines.cuda_memory import PycudaMemory, TorchCudaMemory
 from engines.engine_cache import EngineTarget
 from engines.hardware import GpuInfo, detect_gpu
