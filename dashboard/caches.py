@@ -8,8 +8,10 @@ all in memory and runs no model. What a run has open, and how failures are shown
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -106,14 +108,39 @@ def open_index_cached(root: str) -> DatasetIndex:
     return _index(str(path), _tree_stamp(path))
 
 
+def _gpu_device_nodes() -> bool:
+    """False only on a Linux host without NVIDIA device nodes (desktop ``/dev/nvidia0``, Jetson ``/dev/nvhost-*``):
+    there no GPU can be found, and asking ``engines.hardware`` would import torch (5 s) just to hear so."""
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or any(dev.glob("nvhost-*")) or (dev / "nvgpu").exists()
+
+
+@st.cache_resource
+def gpu_info():
+    """The CUDA GPU as ``engines.hardware`` sees it (what the backend choice was based on), or None."""
+    if not _gpu_device_nodes():
+        return None
+    from engines.hardware import detect_gpu
+
+    return detect_gpu()
+
+
 @st.cache_resource
 def machine_summary() -> str:
-    """CPU and GPU in one line, as ``engines.hardware`` sees them (what the backend choice was based on)."""
-    from engines.hardware import cpu_model, detect_gpu, physical_cores
+    """CPU and GPU in one line."""
+    from engines.hardware import cpu_model, physical_cores
 
-    gpu = detect_gpu()
+    gpu = gpu_info()
     where = "no CUDA GPU" if gpu is None else f"GPU {gpu.name} (compute capability {gpu.sm})"
     return f"{cpu_model()}, {physical_cores()} physical core(s); {where}"
+
+
+@st.cache_resource
+def tensorrt_buildable() -> bool:
+    """TensorRT is installed and a GPU is present: only then can Home offer to build engines."""
+    return importlib.util.find_spec("tensorrt") is not None and gpu_info() is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

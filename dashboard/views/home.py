@@ -4,9 +4,38 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import state, widgets
-from dashboard.caches import machine_summary
+from dashboard.caches import machine_summary, tensorrt_buildable
 from dashboard.components.diagram import StageBox, cascade_dot
-from dashboard.context import app_context, is_demo
+from dashboard.context import app_context, escape_md, failing_part, is_demo
+
+PREPROCESS_HELP = {
+    "jetson": "nearest-pixel, as jetson-inference's imageNet feeds it",
+    "area": "area-averaged, no aliasing",
+}
+
+
+def build_engines(cfg) -> None:
+    """The one place a TensorRT build runs in the app: on this click, with progress (it takes minutes)."""
+    st.info(
+        "TensorRT and a GPU are available. Building an engine per stage takes minutes; until then the stages run on "
+        "the backend named above.",
+        icon=":material/memory:",
+    )
+    if not st.button("Build TensorRT engines", icon=":material/build:", key="build_trt"):
+        return
+    from engines.trt_build import build_stage_engine
+
+    bar = st.progress(0.0, text="Starting the build…")
+    with failing_part("TensorRT build", stop=False):
+        for stage, folder in ((1, cfg.stage1_dir), (2, cfg.stage2_dir)):
+
+            def progress(message: str, fraction: float, stage: int = stage) -> None:
+                bar.progress((stage - 1 + fraction) / 2, text=f"Stage {stage}: {message}")
+
+            build_stage_engine(folder, progress=progress)
+        bar.empty()
+        st.rerun()  # the engine files change the cascade's identity: the next run loads them
+
 
 ctx = app_context()
 st.title("Knee X-ray cascade")
@@ -23,7 +52,7 @@ if is_demo(cfg):
     )
 cascade = ctx.need_cascade()
 t, rule = state.gate()
-b1, b2 = cascade.backend1, cascade.backend2
+b1, b2 = cascade.backend(1), cascade.backend(2)
 st.graphviz_chart(
     cascade_dot(
         StageBox(cascade.spec1.arch, cascade.spec1.resolution, b1.name),
@@ -38,13 +67,26 @@ st.subheader("What is loaded")
 cards = st.columns(2)
 for stage, backend in ((1, b1), (2, b2)):
     spec = backend.spec
+    reason = cascade.reasons.get(stage, "not stated")
     with cards[stage - 1].container(border=True):
         st.markdown(f"**Stage {stage}: {spec.arch}** · {spec.resolution} × {spec.resolution} px")
-        st.markdown(f"Classes: {', '.join(spec.classes)}  \nBackend: `{backend.describe()}`")
-        st.caption(f"Why this backend: {cascade.reasons.get(stage, 'not stated')}")
-        st.caption(f"Folder: `{spec.model_dir}`")
-st.caption(f"Config: `{cfg.path}` · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})")
-st.caption(f"Machine: {machine_summary()}")
+        mode = getattr(spec, "preprocess", None)
+        if mode is not None:
+            st.markdown(f"Preprocessing: **{mode}** resize ({PREPROCESS_HELP.get(mode, 'see cascade.preprocess')})")
+        st.markdown(f"Classes: {escape_md(', '.join(spec.classes))}  \nBackend: **{escape_md(backend.describe())}**")
+        chosen, _, fell_back = reason.partition("not used: ")
+        st.caption(f"Why this backend: {escape_md(chosen.rstrip('; '))}")
+        if fell_back:
+            st.caption(f":orange[Fell back from]: {escape_md(fell_back)}")
+        st.caption(f"Folder: {escape_md(spec.model_dir)}")
+calibration = getattr(cfg, "calibration", None)
+st.caption(
+    f"Config: {escape_md(cfg.path)} · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})"
+    + ("" if calibration is None else f" · calibration {escape_md(calibration.describe())}")
+)
+st.caption(f"Machine: {escape_md(machine_summary())}")
+if tensorrt_buildable():
+    build_engines(cfg)
 
 st.subheader("Dataset")
 if ctx.index is None:
@@ -56,7 +98,7 @@ else:
     table["total"] = table.sum(axis=1)
     table.loc["total"] = table.sum(axis=0)
     st.dataframe(table, width="content")
-    st.caption(f"`{ctx.index.root}`")
+    st.caption(escape_md(ctx.index.root))
 
     st.subheader("At the current gate")
     split = widgets.split_selector(ctx.index)
