@@ -14,19 +14,19 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cascade.errors import CheckpointError
 from cascade.fileio import atomic_path
-from cascade.models import create_model, load_state_dict
 from cascade.preprocess import DEFAULT_RESOLUTION
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 LABELS_NAME = "labels.txt"
 _REQUIRED_KEYS = ("arch", "state_dict")
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written, not by whoever needs a StageSpec
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def write_labels(path: str | os.PathLike, classes: tuple[str, ...] | list[str]) 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely (tensors and plain containers only)."""
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' does not exist")
@@ -124,6 +126,8 @@ def stage_spec_from(model_dir: str | os.PathLike, ckpt: dict | None = None) -> S
 
 def load_stage(model_dir: str | os.PathLike) -> tuple[StageSpec, nn.Module]:
     """Rebuild a folder's model in eval mode on the CPU; the spec says how to feed it."""
+    from cascade.models import create_model, load_state_dict
+
     folder = Path(model_dir)
     ckpt = load_checkpoint(folder / BEST_NAME)
     spec = stage_spec_from(folder, ckpt)
@@ -156,5 +160,7 @@ def save_checkpoint(
         "loss": float(loss),
         "optimizer": optimizer,
     }
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -18,14 +18,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from cascade.checkpoint import StageSpec, load_stage
 from cascade.errors import BackendError
-from cascade.fastcam import CamModel, fast_cam_supported
 from cascade.fileio import atomic_path, file_sha256
 from engines.onnx_file import (
     CAMS_NAME,
@@ -37,6 +35,9 @@ from engines.onnx_file import (
     find_onnx,
     read_onnx_info,
 )
+
+if TYPE_CHECKING:  # torch is imported by the functions that export, not by those that read a stamp
+    from torch import nn
 
 DEFAULT_OPSET = 17  # read by onnxruntime 1.31 and by TensorRT 10 and 11's ONNX parsers
 EXPORTER = "knee-cascade engines.export"
@@ -67,6 +68,10 @@ def _lock_for(path: Path) -> threading.Lock:
 
 def export_module(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """What gets exported: CamModel (probabilities + CAMs) where the head allows it, else model + Softmax."""
+    from torch import nn
+
+    from cascade.fastcam import CamModel, fast_cam_supported
+
     if fast_cam_supported(model):
         return CamModel(model).eval(), [PROBS_NAME, CAMS_NAME]
     return nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME]
@@ -74,6 +79,8 @@ def export_module(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 def export_metadata(spec: StageSpec, source_sha256: str, opset: int, has_cams: bool) -> dict[str, str]:
     """The stamp written into ``metadata_props``: enough to tell whether the export still matches its checkpoint."""
+    import torch
+
     return {
         EXPORTER_KEY: EXPORTER,
         "exporter_version": EXPORTER_VERSION,
@@ -89,6 +96,8 @@ def export_metadata(spec: StageSpec, source_sha256: str, opset: int, has_cams: b
 
 
 def _torch_export(module: nn.Module, outputs: list[str], resolution: int, opset: int, dest: Path) -> None:
+    import torch
+
     dummy = torch.zeros(1, 3, resolution, resolution)
     dynamic = {name: {0: "N"} for name in [INPUT_NAME, *outputs]}
     with warnings.catch_warnings(), torch.no_grad():
@@ -121,6 +130,7 @@ def _stamp(path: Path, metadata: dict[str, str]) -> None:
 def parity(module: nn.Module, path: Path, batch: np.ndarray) -> float:
     """Largest |Δ| between PyTorch and ONNX Runtime over every output (CAMs relative to their peak)."""
     import onnxruntime as ort
+    import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: batch})
@@ -185,6 +195,8 @@ def export_probabilities_only(
     model: nn.Module, resolution: int, dest: str | os.PathLike, opset: int = DEFAULT_OPSET
 ) -> Path:
     """A plain export as jetson-inference makes it (model + Softmax, no ``cam_0``): the benchmark's baseline."""
+    from torch import nn
+
     out = Path(dest)
     try:
         _torch_export(nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME], resolution, opset, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cascade.checkpoint import BEST_NAME, LABELS_NAME, StageSpec, read_labels, stage_spec_from
 from cascade.errors import BackendError
+from cascade.fileio import file_sha256
 
 INPUT_NAME = "input_0"
 PROBS_NAME = "output_0"
@@ -117,7 +118,7 @@ def folder_spec(model_dir: str | os.PathLike) -> StageSpec:
     """The stage spec of a folder: from its checkpoint, or (an engine-only folder) from its ONNX and labels.txt."""
     folder = Path(model_dir)
     if (folder / BEST_NAME).is_file() or not folder.is_dir():
-        return stage_spec_from(folder)  # raises CheckpointError with the usual messages
+        return stamped_spec(folder) or stage_spec_from(folder)  # the latter raises CheckpointError as usual
     onnx_path = find_onnx(folder)
     if onnx_path is None:
         raise BackendError(f"'{folder}' has neither {BEST_NAME} nor exactly one .onnx file; it is not a model folder")
@@ -144,3 +145,31 @@ def check_matches_spec(info: OnnxInfo, spec: StageSpec) -> None:
             f"'{info.path}' outputs {classes} classes but labels.txt lists {spec.num_classes}; "
             f"re-export it with `python -m engines export {spec.model_dir}`"
         )
+
+
+def stamped_spec(folder: Path) -> StageSpec | None:
+    """The spec our export's stamp records, when the export was made from this very checkpoint (same sha256) and
+    labels.txt still lists its classes; else None.
+
+    Reading the checkpoint itself needs ``torch.load`` (5 s of importing torch on a small CPU): the ONNX Runtime path
+    takes arch, classes, resolution and preprocessing from the stamp instead, and never imports torch.
+    """
+    path = find_onnx(folder)
+    checkpoint = folder / BEST_NAME
+    if path is None or not checkpoint.is_file():
+        return None
+    info = read_onnx_info(path)
+    meta = info.metadata
+    if not info.ours or meta.get("source_sha256") != file_sha256(checkpoint):
+        return None
+    stamped = tuple(meta.get("classes", "").split("\n"))
+    labels = folder / LABELS_NAME
+    if (read_labels(labels) if labels.is_file() else stamped) != stamped or not meta.get("resolution", "").isdigit():
+        return None
+    extra = {}
+    if "preprocess" in StageSpec.__dataclass_fields__:  # jetson's per-stage preprocessing (issue 9)
+        mode, side = meta.get("preprocess"), folder / "preprocess.txt"
+        if mode is None or (side.is_file() and side.read_text(encoding="utf-8").strip() != mode):
+            return None
+        extra["preprocess"] = mode
+    return StageSpec(meta["arch"], stamped, int(meta["resolution"]), folder, **extra)

@@ -12,8 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cascade.backend import Backend
 from cascade.checkpoint import StageSpec, load_stage
@@ -24,7 +23,9 @@ from engines.engine_cache import EngineTarget, plan_engine
 from engines.export import ensure_onnx
 from engines.hardware import detect_gpu
 from engines.onnx_file import folder_spec
-from engines.torch_backend import TorchBackend
+
+if TYPE_CHECKING:  # torch is imported only when a PyTorch backend is opened (the ONNX Runtime path never does)
+    from engines.torch_backend import TorchBackend
 
 BACKEND_KINDS = ("auto", "tensorrt", "onnx", "torch")
 
@@ -32,6 +33,10 @@ log = logging.getLogger("engines.select")
 
 
 def _torch_backend(spec: StageSpec) -> TorchBackend:
+    import torch
+
+    from engines.torch_backend import TorchBackend
+
     if not spec.checkpoint_path.is_file():
         raise BackendError(f"PyTorch needs {spec.checkpoint_path.name}, and '{spec.model_dir}' has none")
     _, model = load_stage(spec.model_dir)
