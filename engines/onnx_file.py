@@ -158,7 +158,10 @@ def stamped_spec(folder: Path) -> StageSpec | None:
     checkpoint = folder / BEST_NAME
     if path is None or not checkpoint.is_file():
         return None
-    info = read_onnx_info(path)
+    try:
+        info = read_onnx_info(path)
+    except BackendError:  # a damaged file: the checkpoint says what the stage is, the backends say what is wrong
+        return None
     meta = info.metadata
     if not info.ours or meta.get("source_sha256") != file_sha256(checkpoint):
         return None
