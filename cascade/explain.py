@@ -225,6 +225,19 @@ def removal_batch(x: np.ndarray, cams: np.ndarray, fractions: Sequence[float] = 
     return np.stack(out).astype(np.float32)
 
 
+def _removal_effects(
+    predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, cams: np.ndarray, fractions: Sequence[float]
+) -> np.ndarray:
+    """M×C: per map and class, mean over ``fractions`` of P(least relevant blurred) − P(most relevant blurred)."""
+    x = np.asarray(x, dtype=np.float32)
+    cams = np.asarray(cams, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != 3 or cams.ndim != 3 or cams.shape[1:] != x.shape[1:]:
+        raise ExplainError(f"expected one image 3×R×R and maps M×R×R of its size, got {x.shape} and {cams.shape}")
+    probs = np.asarray(predict(removal_batch(x, cams, fractions)), dtype=np.float64)
+    p = probs.reshape(len(cams), len(fractions), 2, probs.shape[1])
+    return (p[:, :, 1] - p[:, :, 0]).mean(axis=1)
+
+
 def removal_scores(
     predict: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
@@ -240,14 +253,9 @@ def removal_scores(
     inverted one, and about 0 for a class the model gives no probability (nothing to lose). ``predict`` maps a batch
     N×3×R×R to probabilities N×C (any backend's ``predict``). Deterministic: no random state is drawn or changed.
     """
-    x = np.asarray(x, dtype=np.float32)
-    cams = np.asarray(cams, dtype=np.float32)
-    if x.ndim != 3 or x.shape[0] != 3 or cams.ndim != 3 or cams.shape[1:] != x.shape[1:]:
-        raise ExplainError(f"expected one image 3×R×R and maps M×R×R of its size, got {x.shape} and {cams.shape}")
-    probs = np.asarray(predict(removal_batch(x, cams, fractions)), dtype=np.float64)
-    check_class(int(target), probs.shape[1])
-    p = probs[:, int(target)].reshape(len(cams), len(fractions), 2)
-    return (p[:, :, 1] - p[:, :, 0]).mean(axis=1)
+    effects = _removal_effects(predict, x, cams, fractions)
+    check_class(int(target), effects.shape[1])
+    return effects[:, int(target)]
 
 
 def random_maps(size: int, count: int = RANDOM_MAPS, seed: int = 0) -> np.ndarray:
@@ -261,10 +269,20 @@ def random_maps(size: int, count: int = RANDOM_MAPS, seed: int = 0) -> np.ndarra
 
 @dataclass(frozen=True)
 class RandomBaseline:
-    """What random maps score on this image and class: a real map should score clearly above ``mean``."""
+    """What random maps score on one image, per class (C each): a real map should score clearly above ``mean[c]``.
 
-    mean: float
-    std: float
+    One batch serves every class: which pixels a random map removes does not depend on the class.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RandomBaseline)
+            and np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.std, other.std)
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -351,7 +369,8 @@ class StageExplainer:
         """:func:`removal_scores` of one map (R×R) for class ``cls``, run on the backend."""
         return float(removal_scores(self.backend.predict, self.batch(image)[0], cam[None], cls)[0])
 
-    def random_baseline(self, image: np.ndarray, cls: int) -> RandomBaseline:
-        """The score of :func:`random_maps` on this image and class: the level a map must beat to mean anything."""
-        scores = removal_scores(self.backend.predict, self.batch(image)[0], random_maps(self.spec.resolution), cls)
-        return RandomBaseline(float(scores.mean()), float(scores.std()))
+    def random_baseline(self, image: np.ndarray) -> RandomBaseline:
+        """The scores of :func:`random_maps` on this image, per class: the level a map must beat to mean anything."""
+        maps = random_maps(self.spec.resolution)
+        effects = _removal_effects(self.backend.predict, self.batch(image)[0], maps, REMOVAL_FRACTIONS)
+        return RandomBaseline(effects.mean(axis=0), effects.std(axis=0))

@@ -354,12 +354,10 @@ def faithfulness_score(
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _random_baseline(
-    _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, cls: int
-) -> RandomBaseline:
-    return _stage_explainer(_cascade, token, stage).random_baseline(_image, cls)
+def _random_baseline(_cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray) -> RandomBaseline:
+    return _stage_explainer(_cascade, token, stage).random_baseline(_image)
 
 
-def random_baseline(ctx: AppContext, stage: int, image_token: str, image: np.ndarray, cls: int) -> RandomBaseline:
-    """What random maps score on this image and class (the same for every method), cached."""
-    return _random_baseline(ctx.need_cascade(), ctx.cascade_token, stage, image_token, image, int(cls))
+def random_baseline(ctx: AppContext, stage: int, image_token: str, image: np.ndarray) -> RandomBaseline:
+    """What random maps score on this image, per class (the same for every method), cached."""
+    return _random_baseline(ctx.need_cascade(), ctx.cascade_token, stage, image_token, image)

@@ -101,9 +101,9 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     if scored and not empty:
         with failing_part("Faithfulness", stop=False), st.spinner("Scoring faithfulness…"):
             score = faithfulness_score(ctx, stage, picked.token, picked.image, cams.method, cls, cam)
-            base = random_baseline(ctx, stage, picked.token, picked.image, cls)
+            base = random_baseline(ctx, stage, picked.token, picked.image)
             slot.markdown(
-                f"Faithfulness **{score:+.2f}** · random maps {base.mean:+.2f} ± {base.std:.2f}",
+                f"Faithfulness **{score:+.2f}** · random maps {base.mean[cls]:+.2f} ± {base.std[cls]:.2f}",
                 help=FAITHFULNESS_HELP,
             )
     slot.download_button(
