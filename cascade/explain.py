@@ -191,7 +191,7 @@ class CamResult:
 #: Shares of the pixels removed (replaced by a blurred copy of the image), as ROAD's percentiles.
 REMOVAL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 #: Random maps behind the baseline shown beside each score.
-RANDOM_MAPS = 8
+RANDOM_MAPS = 4
 _BLUR_SIGMA = 1 / 16  # of the resolution: removes detail, keeps the image's overall brightness
 
 

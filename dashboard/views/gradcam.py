@@ -88,8 +88,11 @@ colormap = COLORMAPS[cmap]
 stem = picked.title.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
+pending_scores = []  # drawn after every map, so the heatmaps appear first and the scores fill in
+
+
 def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
-    """One overlay with its caption, faithfulness score beside the random-map level, and a download button."""
+    """One overlay with its caption, a place for its faithfulness score, and a download button."""
     cam = cams.maps[cls]
     slot.image(overlay(view, cam, alpha, colormap), width="stretch")
     slot.caption(f"Stage {stage} · **{classes[cls]}** ({pct(stage_probs[stage][cls])}) · {METHODS[cams.method].label}")
@@ -99,13 +102,7 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     if empty:
         slot.caption("No positive evidence for this class anywhere in the image (nothing to score).")
     if scored and not empty:
-        with failing_part("Faithfulness", stop=False), st.spinner("Scoring faithfulness…"):
-            score = faithfulness_score(ctx, stage, picked.token, picked.image, cams.method, cls, cam)
-            base = random_baseline(ctx, stage, picked.token, picked.image)
-            slot.markdown(
-                f"Faithfulness **{score:+.2f}** · random maps {base.mean[cls]:+.2f} ± {base.std[cls]:.2f}",
-                help=FAITHFULNESS_HELP,
-            )
+        pending_scores.append((stage, cls, cams.method, cam, slot.empty()))
     slot.download_button(
         "Download PNG",
         lambda: to_png_bytes(overlay(picked.image, cam, alpha, colormap)),  # full size, drawn only when clicked
@@ -114,6 +111,17 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
         key=f"dl_{section}_{stage}_{cls}",
         icon=":material/download:",
     )
+
+
+def show_score(stage: int, cls: int, method: str, cam, place) -> None:
+    """The map's faithfulness beside what random maps score on this image and class."""
+    with failing_part("Faithfulness", stop=False), place.container(), st.spinner("Scoring faithfulness…"):
+        score = faithfulness_score(ctx, stage, picked.token, picked.image, method, cls, cam)
+        base = random_baseline(ctx, stage, picked.token, picked.image)
+        st.markdown(
+            f"Faithfulness **{score:+.2f}** · random maps {base.mean[cls]:+.2f} ± {base.std[cls]:.2f}",
+            help=FAITHFULNESS_HELP,
+        )
 
 
 abnormal = [i for i in range(len(classes)) if i != ni]
@@ -150,5 +158,7 @@ if pair and stage2_maps is not None:
     for slot, cls in zip(slots[:2], (a, b), strict=True):
         with slot:
             show_map(2, cls, stage2_maps, slot, "pair")
+for pending in pending_scores:
+    show_score(*pending)
 for note in sorted(notes):
     st.info(note, icon=":material/info:")

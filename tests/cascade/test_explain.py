@@ -412,6 +412,7 @@ def _demo_images(per_class: int = 4) -> list[np.ndarray]:
     return [read_image(p) for folder in folders for p in sorted(folder.glob("*.png"))[:per_class]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_faithfulness_ranks_the_true_map_above_random_and_inverted_maps_on_the_demo_models(demo_stages, stage):
     """The old default ("confidence change") scored every method about alike: this score must tell the maps apart.
