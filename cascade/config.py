@@ -122,13 +122,18 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
     if crlf:
         out = out.replace("\n", "\r\n")
     data = (_BOM if bom else b"") + out.encode("utf-8")
-    if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK | os.X_OK):
-        which = f"'{p}'" if not os.access(p, os.W_OK) else f"its folder '{p.parent}'"
-        raise ConfigError(
-            f"cannot save the gate to '{link}': {which} is not writable; make it writable or copy the config "
-            "somewhere writable and open that one"
-        )
     mode = stat.S_IMODE(os.stat(p).st_mode)
+    # A config without write bits is read-only by intent, even for a user (root) whom the OS would let write it.
+    problem = None
+    if not mode & 0o222 or not os.access(p, os.W_OK):
+        problem = f"'{p}' is read-only (mode {mode:o})"
+    elif not os.access(p.parent, os.W_OK | os.X_OK):
+        problem = f"its folder '{p.parent}' is not writable"
+    if problem:
+        raise ConfigError(
+            f"cannot save the gate to '{link}': {problem}; make it writable, or copy the config somewhere writable "
+            "and open that one"
+        )
     try:
         with atomic_path(p) as tmp:
             tmp.write_bytes(data)
