@@ -62,7 +62,7 @@ class Cascade:
         """Preprocess grayscale images for one stage and run it."""
         backend = self.backend1 if stage == 1 else self.backend2
         start = time.perf_counter()
-        batch = preprocess_batch(images, backend.spec.resolution)
+        batch = preprocess_batch(images, backend.spec.resolution, backend.spec.preprocess)
         if with_cams:
             probs, cams = backend.predict_with_cams(batch)
         else:
