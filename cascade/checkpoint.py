@@ -141,19 +141,17 @@ def read_preprocess(model_dir: str | os.PathLike, ckpt: dict | None = None) -> s
     side = folder / PREPROCESS_NAME
     found = {}
     if ckpt is not None and ckpt.get("preprocess") is not None:
-        found[f"{BEST_NAME}'s 'preprocess' key"] = str(ckpt["preprocess"])
+        found[f"the 'preprocess' key of '{folder / BEST_NAME}'"] = str(ckpt["preprocess"])
     if side.is_file():
         try:
-            found[str(side)] = side.read_text(encoding="utf-8").strip()
+            found[f"'{side}'"] = side.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"cannot read '{side}' ({exc}); it should hold one word: jetson or area") from exc
     for where, mode in found.items():
         if mode not in PREPROCESS_MODES:
-            raise CheckpointError(
-                f"{where} in '{folder}' says preprocess {mode!r}; it must be one of {', '.join(PREPROCESS_MODES)}"
-            )
+            raise CheckpointError(f"{where} says preprocess {mode!r}; it must be one of {', '.join(PREPROCESS_MODES)}")
     if len(set(found.values())) > 1:
-        raise CheckpointError(f"'{folder}': {' but '.join(f'{w} says {m!r}' for w, m in found.items())}; keep one")
+        raise CheckpointError(f"{' but '.join(f'{w} says {m!r}' for w, m in found.items())}; keep one")
     return next(iter(found.values()), DEFAULT_MODE)
 
 
