@@ -18,8 +18,8 @@ def test_export_command(tmp_path, capsys):
     folder = make_model_dir(tmp_path / "m", "resnet18", seed=51)
     assert main(["export", str(folder), "--opset", "17"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"wrote {folder / 'resnet18.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
-    assert read_onnx_info(folder / "resnet18.onnx").opset == 17
+    assert out.startswith(f"wrote {folder / 'resnet18.cascade.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
+    assert read_onnx_info(folder / "resnet18.cascade.onnx").opset == 17
 
 
 def test_export_of_a_missing_folder_fails_cleanly(tmp_path, capsys):

@@ -29,7 +29,7 @@ FLOAT16 = onnx.TensorProto.FLOAT16
 def onnx_file(tmp_path, exported_models):
     dest = tmp_path / "resnet18"
     shutil.copytree(exported_models["resnet18"], dest)
-    return dest / "resnet18.onnx"
+    return dest / "resnet18.cascade.onnx"
 
 
 def _build(onnx_file, version, precision, **fake):

@@ -42,7 +42,7 @@ def fake_trt(monkeypatch):
 
 
 def _ort(folder, batch):
-    return ort.InferenceSession(str(folder / "resnet18.onnx")).run(None, {"input_0": batch})
+    return ort.InferenceSession(str(folder / "resnet18.cascade.onnx")).run(None, {"input_0": batch})
 
 
 def test_tensorrt_backend_binds_and_splits_batches(folder, fake_trt):
@@ -65,7 +65,9 @@ def test_tensorrt_backend_binds_and_splits_batches(folder, fake_trt):
 def test_auto_picks_tensorrt_builds_once_then_uses_the_cache(folder, fake_trt):
     backend, reason = make_backend(folder, "auto")
     assert isinstance(backend, TensorRTBackend)
-    assert reason.startswith("TensorRT on NVIDIA H100 80GB HBM3") and "built resnet18.onnx.trt10.13.0.35" in reason
+    assert (
+        reason.startswith("TensorRT on NVIDIA H100 80GB HBM3") and "built resnet18.cascade.onnx.trt10.13.0.35" in reason
+    )
     backend, reason = make_backend(folder, "auto")
     assert "cached engine" in reason and backend.precision == "fp16"
     probs = backend.predict(input_batches(64)["phantoms"])
@@ -78,14 +80,16 @@ def test_engine_from_another_tensorrt_version_is_rebuilt(folder, fake_trt, monke
     monkeypatch.setitem(sys.modules, "tensorrt", newer)
     monkeypatch.setattr("engines.trt_backend.open_cuda_memory", lambda index: FakeCudaMemory(newer))
     backend, reason = make_backend(folder, "tensorrt")
-    assert "built resnet18.onnx.trt10.14.1.48" in reason
+    assert "built resnet18.cascade.onnx.trt10.14.1.48" in reason
     assert len(list(folder.glob("*.engine"))) == 2  # each version keeps its own
 
 
 def test_undeserializable_jetson_engine_falls_back_to_our_build(folder, fake_trt):
     from cascade.fileio import file_sha256
+    from engines.export import export_onnx
 
-    onnx_file = folder / "resnet18.onnx"
+    (folder / "resnet18.cascade.onnx").unlink()  # a folder as jetson-inference leaves it: its <arch>.onnx only
+    onnx_file = export_onnx(folder, jetson=True).path
     (folder / "resnet18.onnx.1.1.101300.GPU.FP16.engine").write_bytes(b"a plan for another GPU")
     (folder / "resnet18.onnx.sha256sum").write_text(file_sha256(onnx_file) + "\n")
     backend, reason = make_backend(folder, "tensorrt")
