@@ -157,3 +157,11 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
             f"no images found in '{base}'; expected ImageFolder layout root/[train|val|test/]<class>/<image>"
         )
     return DatasetIndex(base, tuple(items), tuple(sorted(classes)))
+
+
+def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
+    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run.
+
+    Special files are listed too (their row gets the reader's refusal); :func:`iter_input_files` gives the reasons.
+    """
+    return (p for p, _ in iter_input_files(paths))
