@@ -94,7 +94,11 @@ def safe_join(root: Path, rel: str) -> Path:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    try:
+        found = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError as exc:
+        raise ConfigError(f"cannot list the dataset folder '{folder}': {exc.strerror or exc}") from exc
+    return sorted(found, key=lambda d: d.name)
 
 
 def _files(folder: Path) -> list[Path]:
