@@ -23,6 +23,7 @@ huge-file                      a sparse file above MAX_FILE_BYTES              r
 symlink-swap                   an indexed file replaced by a link out          refused at read time
 dataset-special-files          FIFO, socket, loop, broken link in a dataset    error rows; predictions go on
 cli-inputs                     the same named on a command line                (path, error) from iter_input_files
+predict / evaluate             a folder with a FIFO and a socket, /dev/zero    error rows, exit 1, no hang
 checkpoint-fields              resolution 8/4096/"224"/224.0, num_classes 2.5  one-line error naming file and fix
 labels-txt                     latin-1, duplicates, BOM + CRLF                 error / error / accepted
 cache-entry                    NaN, rows not summing to 1, wrong shape,        discarded, recomputed with a notice
@@ -445,6 +446,30 @@ def test_command_line_inputs_are_listed_with_their_errors(hostile_dataset):
     assert errors["ok.png"] is None and "FIFO" in errors["p.png"] and "socket" in errors["s.png"]
     assert "character device" in errors["zero"] and "does not exist" in errors["missing.png"]
     assert "symlink loop" in errors["loop.png"] and "broken symlink" in errors["broken.png"]
+
+
+def test_predict_and_evaluate_finish_over_special_files(tiny_config, tiny_dataset, tmp_path, capsys):
+    """End to end: the commands that hung on a FIFO write its row with the reason and exit 1."""
+    import csv as csv_module
+    import shutil
+
+    from engines.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "test", data)
+    _fifo(data / "normal" / "pipe.png")
+    _socket_file(data / "normal" / "s.png")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", str(data), "/dev/zero", "--out", str(out), "--config", str(tiny_config), "--backend", "torch"]
+    assert _within(120, lambda: main([*argv, "--quiet"])) == 1
+    rows = {Path(r["path"]).name: r["error"] for r in csv_module.DictReader(out.open())}
+    assert "FIFO" in rows["pipe.png"] and "socket" in rows["s.png"] and "character device" in rows["zero"]
+    assert sum(1 for e in rows.values() if not e) == 12
+    report = tmp_path / "report.json"
+    argv = ["evaluate", str(data), "--out", str(report), "--config", str(tiny_config), "--backend", "torch", "--quiet"]
+    _within(120, lambda: main(argv))
+    unreadable = {Path(u["path"]).name for u in json.loads(report.read_text())["unreadable"]}
+    assert unreadable == {"pipe.png", "s.png"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
