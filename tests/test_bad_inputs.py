@@ -5,7 +5,7 @@ Covered kinds (add a row and a case when you add a guard; README "Reliability" n
 =============================  ==============================================  =====================================
 kind                           built by                                        outcome
 =============================  ==============================================  =====================================
-dicom-deflate-bomb             2 MB deflated DICOM inflating to 2 GB           refused; child RSS grows < 200 MB
+dicom-deflate-bomb             2 MB deflated DICOM inflating to 2 GB           refused; a process grows < 200 MiB
 dicom-header-bomb              Rows×Columns far above the pixel limit          refused before decoding
 dicom-frames-bomb              20 RLE frames of 2048² (4 Mpx each)             refused: frames × pixels counted
 dicom-samples-bomb             RGB, Rows×Columns×3 above the limit             refused: samples counted
@@ -14,7 +14,7 @@ dicom-multiframe               3-frame native and RLE files                    t
 dicom-deflated                 a normal deflated DICOM                         read
 dicom-window-width-0           WindowWidth 0                                   read with the full range (no window)
 dicom-unknown-voi-function     VOILUTFunction "FANCY"                          read with the full range
-dicom-bad-integer              Rows "abc"                                      refused with a reason
+dicom-bad-integer              NumberOfFrames "abc"                            refused with a reason
 tiff-float / I;16 / LAB / HSV  Pillow images of these modes                    read as gray
 tiff-float-nan                 float TIFF holding NaN                          refused: non-finite
 fifo / socket / device         os.mkfifo, a bound AF_UNIX socket, /dev/zero    refused without opening, never hangs
@@ -26,6 +26,7 @@ cli-inputs                     the same named on a command line                (
 predict / evaluate             a folder with a FIFO and a socket, /dev/zero    error rows, exit 1, no hang
 checkpoint-fields              resolution 8/4096/"224"/224.0, num_classes 2.5  one-line error naming file and fix
 labels-txt                     latin-1, duplicates, BOM + CRLF                 error / error / accepted
+model-file-fifo                FIFO as labels.txt, checkpoint or config        refused without opening
 cache-entry                    NaN, rows not summing to 1, wrong shape,        discarded, recomputed with a notice
                                labels out of range, truncated zip
 config-save                    CRLF + BOM + mode 0640, symlink, read-only,     kept / written at target / refused /
@@ -55,7 +56,7 @@ import pytest
 from PIL import Image
 
 from cascade import images
-from cascade.checkpoint import read_labels, stage_spec_from
+from cascade.checkpoint import load_checkpoint, read_labels, stage_spec_from
 from cascade.config import StaleConfigError, load_config, save_gate
 from cascade.dataset import index_dataset, iter_input_files, read_item
 from cascade.errors import CheckpointError, ConfigError, ImageReadError
@@ -518,10 +519,16 @@ def test_labels_txt_encodings(tmp_path, raw, outcome):
             read_labels(path)
 
 
-def test_labels_txt_that_is_a_fifo_is_refused(tmp_path):
+def test_model_files_and_configs_that_are_fifos_are_refused(tmp_path):
     _fifo(tmp_path / "labels.txt")
     with pytest.raises(CheckpointError, match="not a regular file"):
         _within(30, lambda: stage_spec_from(tmp_path, {"arch": "resnet18", "state_dict": {}}))
+    _fifo(tmp_path / "model_best.pth.tar")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        _within(30, lambda: load_checkpoint(tmp_path / "model_best.pth.tar"))
+    _fifo(tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        _within(30, lambda: load_config(tmp_path / "c.toml"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
