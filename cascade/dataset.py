@@ -120,23 +120,6 @@ def _escapes(f: Path, base: Path) -> bool:
     return target != f.absolute() and base not in target.parents
 
 
-def iter_input_files(paths: Sequence[str | os.PathLike]) -> Iterator[tuple[Path, str | None]]:
-    """Command-line inputs as ``(path, error)``: files as given and image files under folders (recursive, sorted).
-
-    ``error`` is None for a regular file and a reason otherwise (missing, a FIFO, a socket, a device, a broken symlink,
-    a symlink loop); nothing is opened here, so a special file never blocks the run.
-    """
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            for f in _files(p):
-                reason = special_file_reason(f)
-                yield f, (f"'{f}' {reason}" if reason else None)
-        else:
-            reason = special_file_reason(p)
-            yield p, (f"'{p}' {reason}" if reason else None)
-
-
 def index_dataset(root: str | os.PathLike) -> DatasetIndex:
     """Index an ImageFolder dataset, with or without train/val/test split folders."""
     base = Path(root).expanduser()
