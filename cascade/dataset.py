@@ -149,6 +149,12 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
 def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
     """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run.
 
-    Special files are listed too (their row gets the reader's refusal); :func:`iter_input_files` gives the reasons.
+    Nothing is opened here: special files (FIFOs, sockets, devices, broken links) are listed as given and refused by
+    the reader (:func:`cascade.images.special_file_reason`), so each gets its row with the reason.
     """
-    return (p for p, _ in iter_input_files(paths))
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            yield from _files(p)
+        else:
+            yield p

@@ -22,7 +22,7 @@ symlink-loop / broken-symlink  symlinks in a dataset                           a
 huge-file                      a sparse file above MAX_FILE_BYTES              refused before reading
 symlink-swap                   an indexed file replaced by a link out          refused at read time
 dataset-special-files          FIFO, socket, loop, broken link in a dataset    error rows; predictions go on
-cli-inputs                     the same named on a command line                (path, error) from iter_input_files
+cli-inputs                     the same named on a command line                listed; special_file_reason says why
 predict / evaluate             a folder with a FIFO and a socket, /dev/zero    error rows, exit 1, no hang
 checkpoint-fields              resolution 8/4096/"224"/224.0, num_classes 2.5  one-line error naming file and fix
 labels-txt                     latin-1, duplicates, BOM + CRLF                 error / error / accepted
@@ -58,9 +58,9 @@ from PIL import Image
 from cascade import images
 from cascade.checkpoint import load_checkpoint, read_labels, stage_spec_from
 from cascade.config import StaleConfigError, load_config, save_gate
-from cascade.dataset import index_dataset, iter_input_files, read_item
+from cascade.dataset import index_dataset, iter_image_files, read_item
 from cascade.errors import CheckpointError, ConfigError, ImageReadError
-from cascade.images import read_image, read_image_bytes
+from cascade.images import read_image, read_image_bytes, special_file_reason
 from cascade.predcache import Predictions, inspect_entry, load_predictions, save_predictions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -442,8 +442,8 @@ def test_a_file_swapped_for_a_link_out_of_the_root_is_refused_at_read_time(hosti
 
 def test_command_line_inputs_are_listed_with_their_errors(hostile_dataset):
     given = [hostile_dataset, "/dev/zero", hostile_dataset / "missing.png"]
-    rows = dict(_within(30, lambda: list(iter_input_files(given))))
-    errors = {Path(p).name: e for p, e in rows.items()}
+    listed = _within(30, lambda: list(iter_image_files(given)))
+    errors = {Path(p).name: special_file_reason(p) for p in listed}
     assert errors["ok.png"] is None and "FIFO" in errors["p.png"] and "socket" in errors["s.png"]
     assert "character device" in errors["zero"] and "does not exist" in errors["missing.png"]
     assert "symlink loop" in errors["loop.png"] and "broken symlink" in errors["broken.png"]
