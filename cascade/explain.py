@@ -319,7 +319,7 @@ class StageExplainer:
 
     def batch(self, image: np.ndarray) -> np.ndarray:
         """One grayscale image as this stage's input, 1×3×R×R."""
-        return preprocess_batch([image], self.spec.resolution)
+        return preprocess_batch([image], self.spec.resolution, self.spec.preprocess)
 
     def torch_explainer(self):
         """The pytorch-grad-cam explainer (``cascade.torch_cams.Explainer``), built once; imports torch."""

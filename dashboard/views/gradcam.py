@@ -94,7 +94,8 @@ pending_scores = []  # drawn after every map, so the heatmaps appear first and t
 def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     """One overlay with its caption, a place for its faithfulness score, and a download button."""
     cam = cams.maps[cls]
-    slot.image(overlay(view, cam, alpha, colormap), width="stretch")
+    mode = cascade.backend(stage).spec.preprocess  # the map is stretched back as this stage resized the image
+    slot.image(overlay(view, cam, alpha, colormap, mode), width="stretch")
     slot.caption(f"Stage {stage} · **{classes[cls]}** ({pct(stage_probs[stage][cls])}) · {METHODS[cams.method].label}")
     if stage == 2 and not stage2_ran:
         slot.caption(f":orange[**{NOT_RUN}**]: stage 1 settled this image at gate {threshold:.2f}.")
@@ -105,7 +106,7 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
         pending_scores.append((stage, cls, cams.method, cam, slot.empty()))
     slot.download_button(
         "Download PNG",
-        lambda: to_png_bytes(overlay(picked.image, cam, alpha, colormap)),  # full size, drawn only when clicked
+        lambda: to_png_bytes(overlay(picked.image, cam, alpha, colormap, mode)),  # full size, drawn only when clicked
         file_name=f"{stem}_stage{stage}_{classes[cls]}_{cams.method}.png",
         mime="image/png",
         key=f"dl_{section}_{stage}_{cls}",
