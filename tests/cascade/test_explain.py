@@ -428,7 +428,7 @@ def test_faithfulness_ranks_the_true_map_above_random_and_inverted_maps_on_the_d
 
     true, inverted, random_mean = [], [], []
     for image in _demo_images():
-        x = preprocess_batch([image], spec.resolution)
+        x = preprocess_batch([image], spec.resolution, spec.preprocess)
         probs, raw = (t.numpy() for t in run(x))
         target = int(probs[0].argmax())
         cam = scale_maps(raw[0, target][None], spec.resolution)[0]
@@ -445,7 +445,7 @@ def test_a_class_with_no_probability_scores_about_zero(demo_stages):
     """The old score gave +0.98 to a map of a 0 % class: there is nothing to lose, so no map can score well."""
     spec, run = demo_stages["stage1"]
     image = read_image(sorted((ROOT / "sample_images" / "test" / "normal").glob("*.png"))[0])
-    x = preprocess_batch([image], spec.resolution)
+    x = preprocess_batch([image], spec.resolution, spec.preprocess)
     probs, raw = (t.numpy() for t in run(x))
     least = int(probs[0].argmin())
     assume = probs[0, least]
