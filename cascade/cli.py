@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cascade.calibration import calibration_summary, stage_calibration
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import index_dataset
 from cascade.errors import CascadeError, run_cli_command
@@ -129,6 +130,7 @@ def evaluate_cascade(cascade, data: str | Path, batch_size: int = 16, progress: 
         "cascade": cascade_report,
         "stage1": classification_report(y_arr, p1.argmax(1), classes, p1, ni),
         "stage2": classification_report(y_arr, p2.argmax(1), classes, p2, ni),
+        "calibration": stage_calibration(y_arr, p1, p2, ni, cascade.temperatures),
     }
 
 
@@ -148,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"abnormal sensitivity {r['abnormal_sensitivity']:.3f}",
             file=sys.stderr,
         )
+    print(calibration_summary(report["calibration"]), file=sys.stderr)
     return 0
 
 

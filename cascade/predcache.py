@@ -5,10 +5,14 @@ is keyed by what determines its content: the sha256 of both checkpoints, the bac
 slightly different numbers), the classes and the split's file list (paths, sizes, mtimes). Any change gives a new key,
 so a stale entry is never read. Entries are ``.npz`` files written atomically (a crash leaves no half file), read
 without pickle.
+
+Entries hold the *raw* probabilities; a cascade's calibration temperatures are applied on reading
+(``Predictions.with_temperatures``), so switching calibration on or off, or refitting it, never runs a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.calibration import apply_temperature
 from cascade.checkpoint import file_sha256
 from cascade.dataset import DatasetIndex, Item
 from cascade.errors import CascadeError, ImageReadError
@@ -47,9 +52,24 @@ class Predictions:
     split: str
     failed: tuple[tuple[str, str], ...] = ()  # (rel, reason) of images that could not be read
     key: str = ""
+    temperatures: tuple[float, float] = (1.0, 1.0)  # applied to p1, p2 (1, 1: raw, as stored on disk)
 
     def __len__(self) -> int:
         return len(self.rels)
+
+    def with_temperatures(self, temperatures: Sequence[float]) -> Predictions:
+        """The same predictions under other per-stage temperatures ((1, 1): raw), derived without a model.
+
+        Temperatures compose by multiplication, so going from the applied T to a new T' applies T'/T.
+        """
+        new = (float(temperatures[0]), float(temperatures[1]))
+        if new == self.temperatures:
+            return self
+        p1, p2 = (
+            apply_temperature(p, t_new / t_old).astype(np.float32)
+            for p, t_new, t_old in zip((self.p1, self.p2), new, self.temperatures, strict=True)
+        )
+        return dataclasses.replace(self, p1=p1, p2=p2, temperatures=new)
 
 
 def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
@@ -94,6 +114,7 @@ def save_predictions(preds: Predictions, path: str | os.PathLike) -> None:
     """Write an entry atomically: to a temporary file in the same folder, then renamed over the target."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    preds = preds.with_temperatures((1.0, 1.0))  # entries hold raw probabilities
     failed_rels = [r for r, _ in preds.failed]
     failed_why = [w for _, w in preds.failed]
     buf = io.BytesIO()
@@ -144,7 +165,7 @@ def compute_predictions(
     batch_size: int = 16,
     progress: ProgressFn | None = None,
 ) -> Predictions:
-    """Run both stages on every item (stage 2 always); unreadable images are listed in ``failed``, not fatal."""
+    """Raw probabilities of both stages on every item (stage 2 always); unreadable images are listed in ``failed``."""
     classes = tuple(cascade.classes)
     labels_all = label_indices(items, classes)
     p1s, p2s, keep, failed = [], [], [], []
@@ -159,7 +180,7 @@ def compute_predictions(
             except ImageReadError as exc:
                 failed.append((items[i].rel, str(exc)))
         if images:
-            p1, p2 = cascade.predict(images, stage2_always=True)
+            p1, p2 = cascade.predict(images, stage2_always=True, calibrated=False)
             p1s.append(p1)
             p2s.append(p2)
         if progress is not None:
@@ -184,22 +205,23 @@ def cached_predictions(
     batch_size: int = 16,
     progress: ProgressFn | None = None,
 ) -> Predictions:
-    """A split's predictions: read from the cache when its key matches, else computed once and stored."""
+    """A split's predictions under the cascade's temperatures: read from the cache when its key matches, else computed
+    once and stored (raw)."""
     key = cache_key(cascade, index, split)
     path = cache_path(key, cache_dir)
     found = load_predictions(path)
     if found is not None and found.key == key:
-        return found
+        return found.with_temperatures(cascade.temperatures)
     preds = compute_predictions(cascade, index.select(split), split, batch_size, progress)
     preds = Predictions(preds.p1, preds.p2, preds.labels, preds.rels, preds.classes, split, preds.failed, key)
     save_predictions(preds, path)
-    return preds
+    return preds.with_temperatures(cascade.temperatures)
 
 
 def peek_predictions(
     cascade, index: DatasetIndex, split: str, cache_dir: str | os.PathLike | None = None
 ) -> Predictions | None:
-    """The cached entry for a split if one exists, without computing anything."""
+    """The cached entry for a split (under the cascade's temperatures) if one exists, without computing anything."""
     key = cache_key(cascade, index, split)
     found = load_predictions(cache_path(key, cache_dir))
-    return found if found is not None and found.key == key else None
+    return found.with_temperatures(cascade.temperatures) if found is not None and found.key == key else None
