@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from cascade.errors import CascadeError, run_cli_command
+from engines.calibrate import add_parser as add_calibrate_parser
 from engines.export import DEFAULT_OPSET, export_onnx
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
 
@@ -59,13 +60,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the profile")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.set_defaults(func=cmd_build)
+
+    add_calibrate_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if getattr(args, "max_batch", 1) < 1 or getattr(args, "workspace_mb", 1) < 1:
-        print("error: --max-batch and --workspace-mb must be at least 1", file=sys.stderr)
+    if min(getattr(args, name, 1) for name in ("max_batch", "workspace_mb", "batch_size", "bins")) < 1:
+        print("error: --max-batch, --workspace-mb, --batch-size and --bins must be at least 1", file=sys.stderr)
         return 2
     return run_cli_command(args.func, args)

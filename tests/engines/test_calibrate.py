@@ -1,0 +1,91 @@
+"""``python -m engines calibrate``: fits both stages on a split, writes [calibration] keeping the config's comments,
+and the CLIs then apply the temperatures (predict's probabilities, evaluate's calibration section)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cascade.calibration import apply_temperature
+from cascade.config import load_config
+from engines.cli import main
+
+CLASSES = ("normal", "osteopenia", "osteoporosis")
+
+
+@pytest.fixture()
+def config_copy(tmp_path, tiny_config):
+    path = tmp_path / "cascade.toml"
+    shutil.copy(tiny_config, path)
+    return path
+
+
+def _stage1(csv_path) -> np.ndarray:
+    rows = list(csv.DictReader(csv_path.open()))
+    return np.array([[float(r[f"stage1_{c}"]) for c in CLASSES] for r in rows])
+
+
+def test_calibrate_writes_the_config_and_predict_and_evaluate_apply_it(tmp_path, config_copy, tiny_dataset, capsys):
+    from cascade.cli import main as cascade_main
+
+    common = ["--config", str(config_copy), "--backend", "torch", "--quiet"]
+    raw_csv = tmp_path / "raw.csv"
+    assert cascade_main(["predict", str(tiny_dataset / "test"), "--out", str(raw_csv), *common]) == 0
+    report_path = tmp_path / "fit.json"
+    code = main(
+        [
+            "calibrate",
+            str(tiny_dataset),
+            "--split",
+            "val",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(report_path),
+        ]
+        + common
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "stage1: T = " in captured.err and "wrote [calibration]" in captured.out
+    cfg = load_config(config_copy)
+    t1, t2 = cfg.temperatures
+    assert cfg.calibration.enabled and cfg.calibration.fitted_on.startswith("val split of")
+    text = config_copy.read_text()
+    assert "# my comment" in text and 'keep = "me"' in text
+    report = json.loads(report_path.read_text())
+    assert report["n"] == 12 and report["stage1"]["temperature"] == pytest.approx(t1, abs=1e-3)
+    for stage in ("stage1", "stage2"):
+        assert report[stage]["after"]["nll"] <= report[stage]["before"]["nll"] + 1e-9
+
+    hot_csv = tmp_path / "hot.csv"
+    assert cascade_main(["predict", str(tiny_dataset / "test"), "--out", str(hot_csv), *common]) == 0
+    assert np.allclose(_stage1(hot_csv), apply_temperature(_stage1(raw_csv), t1), atol=1e-5)
+
+    out = tmp_path / "eval.json"
+    assert cascade_main(["evaluate", str(tiny_dataset / "test"), "--out", str(out), *common]) == 0
+    section = json.loads(out.read_text())["calibration"]
+    assert section["applied"] and section["temperatures"] == pytest.approx([t1, t2], abs=1e-4)
+    assert set(section["stage1"]["ece_top_label"]) == {"equal_width", "equal_mass"}
+    assert "calibration on" in capsys.readouterr().err
+
+
+def test_dry_run_and_off_leave_probabilities_raw(tmp_path, config_copy, tiny_dataset, capsys):
+    common = ["--config", str(config_copy), "--backend", "torch", "--quiet", "--cache-dir", str(tmp_path / "c")]
+    before = config_copy.read_text()
+    assert main(["calibrate", str(tiny_dataset), "--dry-run", *common]) == 0
+    assert config_copy.read_text() == before
+    assert main(["calibrate", str(tiny_dataset), "--off", *common]) == 0
+    cfg = load_config(config_copy)
+    assert not cfg.calibration.enabled and cfg.calibration.fitted and cfg.temperatures == (1.0, 1.0)
+
+
+def test_a_missing_split_is_one_line(tmp_path, config_copy, tiny_dataset, capsys):
+    code = main(["calibrate", str(tiny_dataset / "val"), "--config", str(config_copy), "--backend", "torch"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "has no 'val' split" in err and "Traceback" not in err
+    assert main(["calibrate", str(tiny_dataset), "--bins", "0", "--config", str(config_copy)]) == 2
