@@ -20,9 +20,10 @@ from cascade.calibration import (
     fit_temperature,
     save_calibration,
 )
-from cascade.config import DEFAULT_CONFIG, load_config
+from cascade.config import load_config
 from cascade.dataset import index_dataset
 from cascade.errors import ConfigError
+from cascade.fileio import write_atomic
 from cascade.predcache import DEFAULT_CACHE_DIR, cached_predictions
 
 
@@ -106,7 +107,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     settings = dataclasses.replace(settings, enabled=not args.off)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):
         print(line, file=sys.stderr)
     if args.dry_run:
@@ -117,20 +118,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    """The ``calibrate`` subcommand of ``python -m engines``."""
-    from engines.select import BACKEND_KINDS
+def add_parser(sub, models) -> None:
+    """The ``calibrate`` subcommand; ``models`` adds the shared --config/--backend/--batch-size/--quiet options."""
+    from cascade.cli import positive_int
 
     p = sub.add_parser("calibrate", help="fit per-stage temperatures on a split and store them in the cascade config")
     p.add_argument("data", help="ImageFolder dataset with split folders, e.g. sample_images")
     p.add_argument("--split", default="val", help="split to fit on (default: %(default)s; never the test split)")
-    p.add_argument("--bins", type=int, default=15, help="reliability bins for the ECE (default: %(default)s)")
+    p.add_argument("--bins", type=positive_int, default=15, help="reliability bins for the ECE (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help=f"prediction cache (default: {DEFAULT_CACHE_DIR})")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--off", action="store_true", help="store the temperatures but leave calibration switched off")
     p.add_argument("--dry-run", action="store_true", help="fit and report only; do not write the config")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="cascade config to fit and write (%(default)s)")
-    p.add_argument("--backend", default="auto", choices=BACKEND_KINDS, help="inference backend")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    models(p)
     p.set_defaults(func=cmd_calibrate)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.backend import BackendError
+from cascade.errors import BackendError
 
 
 class PycudaMemory:

@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cascade.checkpoint import file_sha256
-from cascade.fileio import write_atomic
+from cascade.fileio import file_sha256, write_atomic
 from engines.hardware import GpuInfo
 from engines.onnx_file import OnnxInfo
 

@@ -13,7 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
-from engines.backend import BackendError
+from cascade.errors import BackendError
 
 
 def to_mixed_fp16(onnx_path: str | os.PathLike, dest: str | os.PathLike) -> Path:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
+from cascade.backend import Backend
 from cascade.checkpoint import StageSpec, load_stage
 from cascade.config import CascadeConfig, load_config
+from cascade.errors import BackendError
 from cascade.pipeline import Cascade
-from engines.backend import Backend, BackendError, TorchBackend
 from engines.engine_cache import EngineTarget, plan_engine
 from engines.export import ensure_onnx
 from engines.hardware import detect_gpu
 from engines.onnx_file import folder_spec
+from engines.torch_backend import TorchBackend
 
 BACKEND_KINDS = ("auto", "tensorrt", "onnx", "torch")
 

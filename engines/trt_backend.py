@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.backend import Backend, InputSpec
 from cascade.checkpoint import StageSpec
-from engines.backend import Backend, BackendError, InputSpec
+from cascade.errors import BackendError
 from engines.cuda_memory import open_cuda_memory
 from engines.hardware import GpuInfo
 from engines.onnx_file import CAMS_NAME, INPUT_NAME, PROBS_NAME

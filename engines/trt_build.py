@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from cascade.errors import BackendError
 from cascade.fileio import write_atomic
-from engines.backend import BackendError
 from engines.engine_cache import EngineTarget, engine_path, make_manifest, timing_cache_path, write_manifest
 from engines.fp16 import to_mixed_fp16
 from engines.hardware import GpuInfo

@@ -30,11 +30,9 @@ def _stage1(csv_path) -> np.ndarray:
 
 
 def test_calibrate_writes_the_config_and_predict_and_evaluate_apply_it(tmp_path, config_copy, tiny_dataset, capsys):
-    from cascade.cli import main as cascade_main
-
     common = ["--config", str(config_copy), "--backend", "torch", "--quiet"]
     raw_csv = tmp_path / "raw.csv"
-    assert cascade_main(["predict", str(tiny_dataset / "test"), "--out", str(raw_csv), *common]) == 0
+    assert main(["predict", str(tiny_dataset / "test"), "--out", str(raw_csv), *common]) == 0
     report_path = tmp_path / "fit.json"
     code = main(
         [
@@ -63,11 +61,11 @@ def test_calibrate_writes_the_config_and_predict_and_evaluate_apply_it(tmp_path,
         assert report[stage]["after"]["nll"] <= report[stage]["before"]["nll"] + 1e-9
 
     hot_csv = tmp_path / "hot.csv"
-    assert cascade_main(["predict", str(tiny_dataset / "test"), "--out", str(hot_csv), *common]) == 0
+    assert main(["predict", str(tiny_dataset / "test"), "--out", str(hot_csv), *common]) == 0
     assert np.allclose(_stage1(hot_csv), apply_temperature(_stage1(raw_csv), t1), atol=1e-5)
 
     out = tmp_path / "eval.json"
-    assert cascade_main(["evaluate", str(tiny_dataset / "test"), "--out", str(out), *common]) == 0
+    assert main(["evaluate", str(tiny_dataset / "test"), "--out", str(out), *common]) == 0
     section = json.loads(out.read_text())["calibration"]
     assert section["applied"] and section["temperatures"] == pytest.approx([t1, t2], abs=1e-4)
     assert set(section["stage1"]["ece_top_label"]) == {"equal_width", "equal_mass"}

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from cascade.checkpoint import load_stage
-from engines.backend import BackendError
+from cascade.errors import BackendError
 from engines.engine_cache import EngineTarget
 from engines.hardware import GpuInfo, detect_gpu
 from engines.onnx_file import read_onnx_info
@@ -83,7 +83,7 @@ def test_engine_from_another_tensorrt_version_is_rebuilt(folder, fake_trt, monke
 
 
 def test_undeserializable_jetson_engine_falls_back_to_our_build(folder, fake_trt):
-    from cascade.checkpoint import file_sha256
+    from cascade.fileio import file_sha256
 
     onnx_file = folder / "resnet18.onnx"
     (folder / "resnet18.onnx.1.1.101300.GPU.FP16.engine").write_bytes(b"a plan for another GPU")
