@@ -67,7 +67,9 @@ def reliability_figure(
             col=1,
         )
     if gate is not None:
-        fig.add_vline(x=gate, line={"color": GATE_COLOUR, "width": 2}, annotation={"text": f"gate {gate:.2f}"})
+        line = {"color": GATE_COLOUR, "width": 2}
+        fig.add_vline(x=gate, line=line, annotation={"text": f"gate {gate:.2f}"}, row=1, col=1)
+        fig.add_vline(x=gate, line=line, row=2, col=1)
     fig.update_layout(
         title=title,
         barmode="overlay",

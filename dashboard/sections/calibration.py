@@ -86,7 +86,7 @@ def render(ctx: AppContext, preds: Predictions) -> None:
     )
     st.caption(
         f"Calibration is **{saved.describe()}** in the config. Temperatures compared below: T₁ = {temps[0]:.3f}, "
-        f"T₂ = {temps[1]:.3f}, {source}. T > 1 means the stage was over-confident. "
+        f"T₂ = {temps[1]:.3f}, {source}. T > 1: the stage was over-confident; T < 1: under-confident. "
         + ("Fit on the validation split, not on the split you judge the gate on." if raw.split == "test" else "")
     )
     _controls(cfg.path, saved, here, raw.split)
