@@ -324,13 +324,11 @@ def parse_calibration(section: Mapping | None, where: str | os.PathLike = "confi
 
 def save_calibration(path: str | os.PathLike, settings: CalibrationSettings) -> None:
     """Write the ``[calibration]`` table into an existing config, keeping every other key and comment (tomlkit)."""
+    from cascade.config import load_config  # config imports this module for [calibration]
+
     p = Path(path)
-    try:
-        doc = tomlkit.parse(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file '{p}' does not exist") from exc
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"'{p}' is not valid TOML: {exc}") from exc
+    load_config(p)  # a missing or invalid config is refused before anything is written
+    doc = tomlkit.parse(p.read_text(encoding="utf-8"))
     if SECTION not in doc:
         doc[SECTION] = tomlkit.table()
     sec = doc[SECTION]

@@ -245,3 +245,13 @@ def test_cached_predictions_are_raw_and_calibrated_ones_derived(tmp_path):
     save_predictions(hot, tmp_path / "k.npz")  # stored raw whatever was applied
     stored = load_predictions(tmp_path / "k.npz")
     assert stored.temperatures == (1.0, 1.0) and np.allclose(stored.p1, P, atol=1e-5)
+
+
+def test_save_calibration_refuses_missing_and_invalid_configs(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        save_calibration(tmp_path / "nope.toml", CalibrationSettings(True, 2.0, 2.0, "x"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[stage1]\nmodel_dir = 'a'\n")  # no [stage2]
+    with pytest.raises(ConfigError, match="stage2"):
+        save_calibration(bad, CalibrationSettings(True, 2.0, 2.0, "x"))
+    assert bad.read_text() == "[stage1]\nmodel_dir = 'a'\n"
