@@ -18,9 +18,11 @@ import csv
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from cascade.dataset import SPLITS, DatasetIndex
@@ -231,3 +233,59 @@ def load_metadata(index: DatasetIndex, path: str | os.PathLike | None = None) ->
                 f"({_examples(differ.index)}); the folder is the true class"
             )
     return Metadata(typed, tuple(numeric), tuple(categorical), source, tuple(problems), tuple(notes))
+
+
+def metadata_summary(
+    meta: Metadata,
+    rels: Sequence[str],
+    labels: np.ndarray,
+    correct: np.ndarray,
+    classes: Sequence[str],
+    n_bins: int = 4,
+) -> dict[str, object]:
+    """JSON-ready: per numeric column, its spread within each true class and the accuracy in equal-mass bins of it.
+
+    Overlapping class ranges say that the column alone cannot separate the classes; an accuracy that falls in some bins
+    says where along it the cascade struggles.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    correct = np.asarray(correct, dtype=bool)
+    out: dict[str, object] = {
+        "source": None if meta.source is None else str(meta.source),
+        "images_with_a_row": int(sum(r in meta.table.index for r in rels)),
+        "warnings": list(meta.warnings),
+        "numeric": {},
+    }
+    for col in meta.numeric:
+        x = meta.table[col].reindex(list(rels)).to_numpy(dtype=np.float64)
+        has = np.isfinite(x)
+        by_class = {}
+        for c, name in enumerate(classes):
+            v = x[has & (labels == c)]
+            if len(v):
+                p5, p95 = np.percentile(v, [5, 95])
+                by_class[name] = {"n": int(len(v)), "mean": float(v.mean()), "p5": float(p5), "p95": float(p95)}
+        bins = []
+        order = np.flatnonzero(has)[np.argsort(x[has], kind="stable")]
+        for group in np.array_split(order, min(n_bins, len(order))) if len(order) else []:
+            bins.append(
+                {
+                    "lo": float(x[group[0]]),
+                    "hi": float(x[group[-1]]),
+                    "n": int(len(group)),
+                    "accuracy": float(correct[group].mean()),
+                }
+            )
+        out["numeric"][col] = {"by_true_class": by_class, "accuracy_by_bin": bins}  # type: ignore[index]
+    return out
+
+
+def metadata_lines(summary: Mapping) -> str:
+    """For a terminal: the table's warnings, then per numeric column each class's 5th–95th percentile range."""
+    lines = [f"metadata: {summary['source']} ({summary['images_with_a_row']} images with a row)"]
+    lines += [f"  warning: {w}" for w in summary["warnings"]]
+    for col, info in summary["numeric"].items():
+        spans = ", ".join(f"{c} {v['p5']:.3g}–{v['p95']:.3g}" for c, v in info["by_true_class"].items())
+        acc = ", ".join(f"{b['accuracy']:.0%}" for b in info["accuracy_by_bin"])
+        lines.append(f"  {col}: by true class {spans}; cascade accuracy by rising {col} (equal-mass bins) {acc}")
+    return "\n".join(lines)

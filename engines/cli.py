@@ -27,6 +27,7 @@ from cascade.dataset import iter_image_files
 from cascade.errors import CascadeError
 from cascade.fileio import write_atomic
 from cascade.images import read_image
+from cascade.metadata import metadata_lines
 from cascade.predcache import iter_predictions
 from engines.calibrate import add_parser as add_calibrate_parser
 from engines.export import DEFAULT_OPSET, export_onnx
@@ -120,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = evaluate_cascade(cascade, args.data, args.batch_size, progress)
+        report = evaluate_cascade(cascade, args.data, args.batch_size, progress, args.metadata)
     text = json.dumps(report, indent=2)
     if args.out:
         write_atomic(args.out, text + "\n")
@@ -134,6 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if report["calibration"] is not None:
         print(calibration_summary(report["calibration"]), file=sys.stderr)
+    if report["metadata"] is not None:
+        print(metadata_lines(report["metadata"]), file=sys.stderr)
     unreadable = report["unreadable"]
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read and are not scored:", file=sys.stderr)
@@ -176,6 +179,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of the cascade and of each stage on an ImageFolder folder")
     p.add_argument("data", help="ImageFolder folder, e.g. sample_images/test")
     p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.add_argument("--metadata", default=None, help="metadata CSV (default: the dataset's manifest.csv, if any)")
     models(p)
     p.set_defaults(func=cmd_evaluate)
 

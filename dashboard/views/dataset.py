@@ -52,8 +52,8 @@ st.caption(f"{len(table)} of {len(items)} images of '{split}' match.")
 if table.empty:
     st.stop()
 pages = max(1, -(-len(table) // PER_PAGE))
-# A new filter starts again at page 1: the widget's key follows the filters.
-digest = hashlib.sha1(repr((split, filters, t, rule)).encode()).hexdigest()[:8]
+# A new filter starts again at page 1: the widget's key follows the filters (metadata ones through the count).
+digest = hashlib.sha1(repr((split, filters, t, rule, len(table))).encode()).hexdigest()[:8]
 page = st.pagination(pages, key=f"dataset_page_{digest}") if pages > 1 else 1
 rows = table.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
 by_rel = ctx.items_by_rel

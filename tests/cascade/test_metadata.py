@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cascade.dataset import index_dataset
-from cascade.metadata import find_manifest, load_metadata
+from cascade.metadata import find_manifest, load_metadata, metadata_lines, metadata_summary
 from tests.conftest import ROOT
 
 
@@ -140,3 +140,19 @@ def test_unusable_tables_give_one_message(data, content, message):
 def test_a_named_table_that_does_not_exist_is_a_warning(data):
     meta = load_metadata(index_dataset(data), data / "nope.csv")
     assert len(meta) == 0 and "does not exist" in meta.warnings[0]
+
+
+def test_summary_gives_class_ranges_and_accuracy_along_a_column(data):
+    index = index_dataset(data)
+    rows = "\n".join(f"{r},{i}" for i, r in enumerate(rels(index)))
+    meta = load_metadata(index, write(data / "m.csv", f"rel,age\n{rows}"))
+    chosen = rels(index, "test")  # ages 0..3: normal 0, 1; osteoporosis 2, 3 (sorted paths)
+    labels = np.array([0, 0, 1, 1])
+    correct = np.array([True, False, True, True])
+    s = metadata_summary(meta, chosen, labels, correct, ("normal", "osteoporosis"), n_bins=2)
+    ages = meta.table["age"].reindex(chosen).to_numpy()
+    assert s["images_with_a_row"] == 4 and s["warnings"] == []
+    assert s["numeric"]["age"]["by_true_class"]["normal"]["mean"] == pytest.approx(ages[:2].mean())
+    assert [b["accuracy"] for b in s["numeric"]["age"]["accuracy_by_bin"]] == [0.5, 1.0]
+    assert [b["n"] for b in s["numeric"]["age"]["accuracy_by_bin"]] == [2, 2]
+    assert "age: by true class normal" in metadata_lines(s)

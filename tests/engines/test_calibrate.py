@@ -87,3 +87,19 @@ def test_a_missing_split_is_one_line(tmp_path, config_copy, tiny_dataset, capsys
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "has no 'val' split" in err and "Traceback" not in err
     assert main(["calibrate", str(tiny_dataset), "--bins", "0", "--config", str(config_copy)]) == 2
+
+
+def test_evaluate_summarises_a_metadata_table_and_reports_a_bad_one(tmp_path, config_copy, tiny_dataset, capsys):
+    data = tiny_dataset / "test"
+    csv_path = tmp_path / "meta.csv"
+    paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    csv_path.write_text("path,age\n" + "\n".join(f"{p},{40 + i}" for i, p in enumerate(paths)) + "\nnope.png,1\n")
+    out = tmp_path / "eval.json"
+    common = ["--config", str(config_copy), "--backend", "torch", "--quiet", "--out", str(out)]
+    assert main(["evaluate", str(data), "--metadata", str(csv_path), *common]) == 0
+    meta = json.loads(out.read_text())["metadata"]
+    assert meta["images_with_a_row"] == 12 and "age" in meta["numeric"]
+    assert any("nope.png" in w for w in meta["warnings"])
+    assert "metadata:" in capsys.readouterr().err
+    assert main(["evaluate", str(data), *common]) == 0
+    assert json.loads(out.read_text())["metadata"] is None  # no manifest.csv there
