@@ -224,7 +224,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
     with lock:
         if key in store:
             store.move_to_end(key)
-            return store[key]
+            return store[key].with_temperatures(cascade.temperatures)  # raw in the caches
     preds = load_predictions(cache_path(key, prediction_cache_dir()))
     if preds is None and compute:
         n = len(index.select(split))
@@ -240,7 +240,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
             store[key] = preds
             while len(store) > _MEMORY_ENTRIES:
                 store.popitem(last=False)
-    return None if preds is None else preds.with_temperatures(cascade.temperatures)  # raw in the caches
+    return None if preds is None else preds.with_temperatures(cascade.temperatures)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -107,3 +107,31 @@ def test_a_bad_table_named_in_the_sidebar_is_a_warning(meta_env, tmp_path):
     assert_clean(at)
     assert any("no path column" in w.value for w in at.warning)
     assert at.get("pagination") or any("match" in c.value for c in at.caption)  # the grid is still there
+
+
+def test_calibration_reaches_every_probability_the_pages_use(app_env, tiny_dataset, tmp_path, monkeypatch):
+    """Switched on, the context's cascade carries the temperatures (sharing the loaded backends), a split's cached raw
+    predictions come back calibrated, and one image's stage-1 probabilities too; switched off, raw again."""
+    import numpy as np
+
+    from cascade.calibration import CalibrationSettings, apply_temperature, save_calibration
+    from dashboard.resources import build_context, predict_image, split_predictions
+    from dashboard.state import Sources
+    from tests.conftest import make_knee_like
+
+    monkeypatch.setenv("KNEE_CASCADE_CACHE", str(tmp_path / "cache"))
+    src = Sources(str(app_env), str(tiny_dataset), "torch")
+    raw_ctx = build_context(src)
+    raw = split_predictions(raw_ctx, "val", compute=True)
+    image = make_knee_like(7)
+    raw_one = predict_image(raw_ctx, "img7", image).p1
+    save_calibration(app_env, CalibrationSettings(True, 2.0, 0.5, "test"))
+    hot_ctx = build_context(src)
+    assert hot_ctx.cascade.temperatures == (2.0, 0.5) and hot_ctx.cascade.backend1 is raw_ctx.cascade.backend1
+    hot = split_predictions(hot_ctx, "val")  # from the cache: no model run
+    assert np.allclose(hot.p1, apply_temperature(raw.p1, 2.0), atol=1e-5)
+    assert np.allclose(hot.p2, apply_temperature(raw.p2, 0.5), atol=1e-5)
+    assert np.allclose(predict_image(hot_ctx, "img7", image).p1, apply_temperature(raw_one[None], 2.0)[0], atol=1e-5)
+    save_calibration(app_env, CalibrationSettings(False, 2.0, 0.5, "test"))
+    off = split_predictions(build_context(src), "val")
+    assert np.allclose(off.p1, raw.p1, atol=1e-6)
