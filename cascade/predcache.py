@@ -66,8 +66,11 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
 
 
 def model_identity(backend) -> str:
-    """Content hash of the file a stage runs from: its checkpoint, or its ONNX file where there is no checkpoint."""
-    spec = backend.spec
+    """Content hash of the file a stage runs from: its checkpoint, or its ONNX file where there is no checkpoint.
+
+    ``backend``: a backend, or the StageSpec of one (a prediction table is keyed before any backend is opened).
+    """
+    spec = getattr(backend, "spec", backend)
     for path in (spec.checkpoint_path, spec.onnx_path):
         if path.is_file():
             return f"{path.name}:{file_sha256(path)}"
