@@ -76,7 +76,7 @@ class PrecomputeResult:
     computed: int  # rows computed by this run
     failed: int  # rows of the table with an error
     seconds: float  # the whole command
-    pipeline_seconds: float  # from the first row computed to the last (Ray's start-up excluded)
+    pipeline_seconds: float  # from the first model actor ready to the last row (Ray's and the actors' start excluded)
 
 
 def list_files(data: str | os.PathLike) -> tuple[Path, list[FileRow]]:
@@ -236,6 +236,7 @@ class CascadeWorker:
 
         self.backends = [self._with_threads(make_backend(d, kind)[0], threads) for d in stage_dirs]
         self.name = "/".join(b.name for b in self.backends)
+        self.ready = time.time()  # wall clock: the driver times the run from the first actor ready to the last row
 
     @staticmethod
     def _with_threads(backend, threads: int | None):
@@ -264,6 +265,7 @@ class CascadeWorker:
         out = {k: v for k, v in batch.items() if not k.startswith("x")}
         out.update(p1=probs[0], p2=probs[1], status=status, error=error)
         out["backend"] = np.array([self.name if s != STATUS_UNREADABLE else "" for s in status], dtype=object)
+        out["ready"] = np.full(len(status), self.ready)
         return out
 
 
@@ -419,7 +421,7 @@ def _compute(
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tables: list[PredictionTable] = []
     buffer: list[PredictionTable] = []
-    last_flush, first_row = time.monotonic(), None
+    last_flush, first_ready = time.monotonic(), math.inf
 
     def flush() -> None:
         nonlocal last_flush
@@ -437,7 +439,7 @@ def _compute(
         rows = _pipeline(todo, stage_dirs, specs, kind, num_workers, batch_size, threads, gpus)
         with tqdm(total=len(todo), unit="img", disable=not progress) as bar:
             for batch in _ray_errors(rows):
-                first_row = first_row or time.perf_counter()
+                first_ready = min(first_ready, float(np.min(batch["ready"])))
                 buffer.append(_rows_table(batch, classes, models))
                 bar.update(len(batch["rel"]))
                 if sum(len(t) for t in buffer) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -446,7 +448,7 @@ def _compute(
     finally:
         if started:
             _import_ray().shutdown()
-    return tables, (time.perf_counter() - first_row) if first_row else 0.0
+    return tables, (time.time() - first_ready) if math.isfinite(first_ready) else 0.0
 
 
 def _ray_errors(rows: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
