@@ -84,20 +84,23 @@ def list_files(data: str | os.PathLike) -> tuple[Path, list[FileRow]]:
     try:
         index = index_dataset(data)
         root = index.root
-        listed = [(it.path, it.rel, it.label) for it in index.items]
+        listed = [(it.path, it.rel, it.label, it.error) for it in index.items]
     except ConfigError:
         root = Path(data).expanduser().resolve()
         if not root.is_dir():
             raise
         listed = [
-            (p, p.relative_to(root).as_posix(), None)
+            (p, p.relative_to(root).as_posix(), None, "")
             for p in sorted(root.rglob("*"))
             if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
         ]
         if not listed:
             raise
     rows = []
-    for path, rel, label in listed:
+    for path, rel, label, error in listed:
+        if error:  # the index refused it (a FIFO, a broken symlink, a link out of the root): never opened
+            rows.append(FileRow(str(path), rel, label, error=error))
+            continue
         try:
             size, mtime_ns, inode = file_identity(path)
             rows.append(FileRow(str(path), rel, label, size, mtime_ns, inode))
@@ -149,7 +152,9 @@ def _reusable(previous: PredictionTable | None, files: Sequence[FileRow]) -> tup
             int(previous.mtime_ns[row]),
             int(previous.inode[row]),
         ) == (f.size, f.mtime_ns, f.inode)
-        if same and previous.status[row] in (STATUS_OK, STATUS_UNREADABLE) and not f.error:
+        if f.error:  # refused without being opened: still the same refusal?
+            same = row is not None and previous.status[row] == STATUS_UNREADABLE and previous.error[row] == f.error
+        if same and previous.status[row] in (STATUS_OK, STATUS_UNREADABLE):
             keep.append(row)
         else:
             todo.append(i)
@@ -205,12 +210,15 @@ def _input_column(spec: StageSpec) -> str:
     return f"x{spec.resolution}"
 
 
-def decode_batch(batch: dict[str, np.ndarray], resolutions: Sequence[int]) -> dict[str, np.ndarray]:
-    """Ray task: read and preprocess a batch of files; an unreadable file gets its error and a blank input."""
+def decode_batch(batch: dict[str, np.ndarray], resolutions: Sequence[int], root: str) -> dict[str, np.ndarray]:
+    """Ray task: read and preprocess a batch of files; an unreadable file gets its error and a blank input.
+
+    Each file is confined to the dataset root at read time (a file swapped for a symlink out of it is refused).
+    """
     images, status, errors = [], [], []
     for path in batch["path"]:
         try:
-            images.append(read_image(path))
+            images.append(read_image(path, root=root))
             status.append(STATUS_OK)
             errors.append("")
         except Exception as exc:  # any failure of one file fails that file only
@@ -304,15 +312,24 @@ def start_ray(address: str | None, num_cpus: int | None, object_store_mb: int) -
     return True
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What a run computes with, and where."""
+
+    root: Path  # the dataset folder: reads are confined to it
+    out: Path
+    stage_dirs: tuple[str, str]
+    specs: tuple[StageSpec, StageSpec]
+    kind: str  # backend kind
+    address: str | None
+    num_workers: int
+    batch_size: int
+    object_store_mb: int
+    progress: bool
+
+
 def _pipeline(
-    files: Sequence[FileRow],
-    stage_dirs: tuple[str, str],
-    specs: tuple[StageSpec, StageSpec],
-    kind: str,
-    num_workers: int,
-    batch_size: int,
-    threads: int | None,
-    gpus_per_worker: float,
+    files: Sequence[FileRow], job: _Job, threads: int | None, gpus_per_worker: float
 ) -> Iterator[dict[str, np.ndarray]]:
     """The Ray Data pipeline over ``files``; yields the output blocks as they finish."""
     ray = _import_ray()
@@ -325,6 +342,7 @@ def _pipeline(
         {"path": f.path, "rel": f.rel, "label": f.label or "", "size": f.size, "mtime_ns": f.mtime_ns, "inode": f.inode}
         for f in files
     ]
+    batch_size, num_workers = job.batch_size, job.num_workers
     blocks = max(1, min(math.ceil(len(items) / batch_size), 4 * num_workers + 8))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Decoding is light: half a CPU per task keeps it from being fused into the actors (different resources), so it
@@ -334,7 +352,7 @@ def _pipeline(
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=0.5,
-        fn_kwargs={"resolutions": [s.resolution for s in specs]},
+        fn_kwargs={"resolutions": [s.resolution for s in job.specs], "root": str(job.root)},
     )
     ds = ds.map_batches(
         CascadeWorker,
@@ -343,7 +361,7 @@ def _pipeline(
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=1,
         num_gpus=gpus_per_worker,
-        fn_constructor_kwargs={"stage_dirs": stage_dirs, "kind": kind, "threads": threads},
+        fn_constructor_kwargs={"stage_dirs": job.stage_dirs, "kind": job.kind, "threads": threads},
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
@@ -390,9 +408,11 @@ def precompute(
     new: list[PredictionTable] = [_unstat_rows(unstat, classes, models)]
     pipeline_seconds = 0.0
     if todo:
-        parts, pipeline_seconds = _compute(
-            todo, cfg, specs, backend, ray_address, num_workers, batch_size, object_store_mb, progress, out
+        stage_dirs = (str(cfg.stage1_dir), str(cfg.stage2_dir))
+        job = _Job(
+            root, out, stage_dirs, specs, backend, ray_address, num_workers, batch_size, object_store_mb, progress
         )
+        parts, pipeline_seconds = _compute(todo, job)
         new += parts
     tables = ([kept] if kept is not None else []) + new
     table = PredictionTable.concat(tables) if tables else PredictionTable.empty(classes, models)
@@ -404,20 +424,18 @@ def precompute(
     return PrecomputeResult(out, len(table), reused, computed, failed, time.perf_counter() - start, pipeline_seconds)
 
 
-def _compute(
-    todo, cfg, specs, kind, address, num_workers, batch_size, object_store_mb, progress, out
-) -> tuple[list[PredictionTable], float]:
+def _compute(todo: Sequence[FileRow], job: _Job) -> tuple[list[PredictionTable], float]:
     """Run the pipeline over ``todo``, writing part files as rows arrive: the new rows and the pipeline's seconds."""
     from tqdm import tqdm
 
-    if kind != "torch":  # export stale or missing ONNX files once here, so the workers never race to write them
+    if job.kind != "torch":  # export stale or missing ONNX files once here, so the workers never race to write them
         from engines.export import ensure_onnx
 
-        for spec in specs:
+        for spec in job.specs:
             ensure_onnx(spec)
-    local_cpus = None if address else max(1, len(os.sched_getaffinity(0)))
-    started = start_ray(address, local_cpus, object_store_mb)
-    classes, models = specs[0].classes, models_identity(*specs)
+    local_cpus = None if job.address else max(1, len(os.sched_getaffinity(0)))
+    started = start_ray(job.address, local_cpus, job.object_store_mb)
+    classes, models = job.specs[0].classes, models_identity(*job.specs)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tables: list[PredictionTable] = []
     buffer: list[PredictionTable] = []
@@ -427,17 +445,15 @@ def _compute(
         nonlocal last_flush
         if buffer:
             part = PredictionTable.concat(buffer)
-            write_table(part, parts_dir(out) / f"part-{run_id}-{len(tables):05d}.parquet")
+            write_table(part, parts_dir(job.out) / f"part-{run_id}-{len(tables):05d}.parquet")
             tables.append(part)
             buffer.clear()
         last_flush = time.monotonic()
 
-    threads = None if address else max(1, (local_cpus or 1) // num_workers)
+    threads = None if job.address else max(1, (local_cpus or 1) // job.num_workers)
     try:
-        gpus = _gpus_per_worker(num_workers, kind)
-        stage_dirs = (str(cfg.stage1_dir), str(cfg.stage2_dir))
-        rows = _pipeline(todo, stage_dirs, specs, kind, num_workers, batch_size, threads, gpus)
-        with tqdm(total=len(todo), unit="img", disable=not progress) as bar:
+        rows = _pipeline(todo, job, threads, _gpus_per_worker(job.num_workers, job.kind))
+        with tqdm(total=len(todo), unit="img", disable=not job.progress) as bar:
             for batch in _ray_errors(rows):
                 first_ready = min(first_ready, float(np.min(batch["ready"])))
                 buffer.append(_rows_table(batch, classes, models))

@@ -29,10 +29,13 @@ def local_ray():
 
 @pytest.fixture()
 def dataset(tmp_path, tiny_dataset):
-    """The tiny dataset's test split and one file that is not an image inside a class folder."""
+    """The tiny dataset's test split, a file that is not an image and a FIFO (never opened) in class folders."""
+    import os
+
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset / "test", root)
     (root / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    os.mkfifo(root / "osteopenia" / "pipe.png")
     return root
 
 
@@ -44,19 +47,21 @@ def _run(dataset, out, tiny_config, **kw):
 def test_precompute_equals_predict_row_by_row(local_ray, tmp_path, dataset, tiny_config):
     out = tmp_path / "p.parquet"
     result = _run(dataset, out, tiny_config)
-    assert (result.total, result.computed, result.reused, result.failed) == (13, 13, 0, 1)
+    assert (result.total, result.computed, result.reused, result.failed) == (14, 14, 0, 2)
     assert not parts_dir(out).exists()  # merged into the one file
     table = read_table(out)
     csv_path = tmp_path / "predict.csv"
     args = ["predict", str(dataset), "--out", str(csv_path), "--stage2-always", "--backend", "onnx", "--quiet"]
-    assert main([*args, "--config", str(tiny_config), "--batch-size", "4"]) == 1  # the broken file
+    assert main([*args, "--config", str(tiny_config), "--batch-size", "4"]) == 1  # the broken file and the FIFO
     rows = {str(r["path"]): r for r in csv.DictReader(csv_path.open())}
-    assert len(rows) == len(table) == 13
+    assert len(rows) == len(table) == 14
     for i, rel in enumerate(table.rel):
         row = rows[str(dataset / rel)]
         assert table.label[i] == rel.split("/")[0]
         if row["error"]:
-            assert table.status[i] == STATUS_UNREADABLE and table.error[i] == row["error"]
+            assert table.status[i] == STATUS_UNREADABLE
+            # The same reason; the file named by its path in the dataset or on the command line.
+            assert table.error[i].split("' ", 1)[1] == row["error"].split("' ", 1)[1]
             continue
         assert table.status[i] == STATUS_OK and table.backend[i] == "onnxruntime-cpu/onnxruntime-cpu"
         p1 = [float(row[f"stage1_{c}"]) for c in CLASS_NAMES]
@@ -76,7 +81,7 @@ def test_resume_after_a_killed_run_computes_only_the_rest(local_ray, tmp_path, d
     changed = dataset / full.rel[0]  # among the finished rows, but rewritten since: computed again
     changed.write_bytes(changed.read_bytes())
     result = _run(dataset, out, tiny_config)
-    assert (result.reused, result.computed, result.total) == (6, 7, 13)
+    assert (result.reused, result.computed, result.total) == (6, 8, 14)
     again = read_table(out)
     assert list(again.rel) == list(full.rel) and not parts_dir(out).exists()
     np.testing.assert_allclose(again.p1, full.p1, atol=1e-6)  # NaN rows (the broken file) compare equal
@@ -84,7 +89,7 @@ def test_resume_after_a_killed_run_computes_only_the_rest(local_ray, tmp_path, d
     assert again.mtime_ns[0] == changed.stat().st_mtime_ns != full.mtime_ns[0]
     # A complete table and unchanged files: nothing to compute, Ray is not even needed.
     result = _run(dataset, out, tiny_config)
-    assert (result.reused, result.computed) == (13, 0)
+    assert (result.reused, result.computed) == (14, 0)
 
 
 @pytest.mark.slow
@@ -99,7 +104,7 @@ def test_rows_that_failed_in_the_run_are_retried(local_ray, tmp_path, dataset, t
     p1[1] = np.nan
     write_table(PredictionTable(**{**cols, "p1": p1}), out)
     result = _run(dataset, out, tiny_config)
-    assert (result.reused, result.computed) == (12, 1)
+    assert (result.reused, result.computed) == (13, 1)
     assert read_table(out).status[1] == STATUS_OK
 
 
