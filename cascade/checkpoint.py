@@ -2,7 +2,10 @@
 
 A folder holds ``model_best.pth.tar`` (a dict: epoch, arch, resolution, classes, num_classes, multi_label, state_dict,
 accuracy, loss, optimizer), ``labels.txt`` (one label per line, sorted folder order) and, once exported,
-``<arch>.onnx``. The checkpoint carries its model arguments (as nanoGPT's does), so a folder alone rebuilds its model.
+``<arch>.onnx`` (jetson-inference's export) and/or ``<arch>.cascade.onnx`` (this project's, with CAMs). How inputs are
+resized (``cascade.preprocess``) is the checkpoint's extra ``preprocess`` key (jetson's tools ignore extra keys), else
+a one-line ``preprocess.txt`` beside it, else ``"jetson"`` (jetson-inference's own folders). The checkpoint carries
+its model arguments (as nanoGPT's does), so a folder alone rebuilds its model.
 Checkpoints are only ever read with ``weights_only=True``: one that needs code to unpickle is refused, and nothing in it
 runs.
 """
@@ -21,11 +24,12 @@ from torch import nn
 from cascade.errors import CheckpointError
 from cascade.fileio import atomic_path
 from cascade.models import create_model, load_state_dict
-from cascade.preprocess import DEFAULT_RESOLUTION
+from cascade.preprocess import DEFAULT_MODE, DEFAULT_RESOLUTION, PREPROCESS_MODES
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 LABELS_NAME = "labels.txt"
+PREPROCESS_NAME = "preprocess.txt"
 _REQUIRED_KEYS = ("arch", "state_dict")
 #: The input sizes a checkpoint may declare: below 16 no backbone has a feature map left, above 2048 a batch of a few
 #: images no longer fits in memory.
@@ -41,6 +45,7 @@ class StageSpec:
     classes: tuple[str, ...]
     resolution: int
     model_dir: Path
+    preprocess: str = DEFAULT_MODE  # how inputs are resized: "jetson" or "area" (cascade.preprocess)
 
     @property
     def num_classes(self) -> int:
@@ -62,6 +67,12 @@ class StageSpec:
 
     @property
     def onnx_path(self) -> Path:
+        """This project's export (dynamic batch, ``cam_0``): its own name, so it never stands in for jetson's."""
+        return self.model_dir / f"{self.arch}.cascade.onnx"
+
+    @property
+    def jetson_onnx_path(self) -> Path:
+        """The name jetson-inference's ``onnx_export.py`` writes and its imageNet loads (``--model=<arch>.onnx``)."""
         return self.model_dir / f"{self.arch}.onnx"
 
 
@@ -179,7 +190,27 @@ def stage_spec_from(model_dir: str | os.PathLike, ckpt: dict | None = None) -> S
             "make labels.txt list exactly the classes the model was trained on"
         )
     resolution = checkpoint_int(ckpt, "resolution", DEFAULT_RESOLUTION, source, MIN_RESOLUTION, MAX_RESOLUTION)
-    return StageSpec(str(ckpt["arch"]), classes, resolution, folder)
+    return StageSpec(str(ckpt["arch"]), classes, resolution, folder, read_preprocess(folder, ckpt))
+
+
+def read_preprocess(model_dir: str | os.PathLike, ckpt: dict | None = None) -> str:
+    """A folder's resize mode: the checkpoint's ``preprocess`` key, else ``preprocess.txt``, else ``"jetson"``."""
+    folder = Path(model_dir)
+    side = folder / PREPROCESS_NAME
+    found = {}
+    if ckpt is not None and ckpt.get("preprocess") is not None:
+        found[f"the 'preprocess' key of '{folder / BEST_NAME}'"] = str(ckpt["preprocess"])
+    if side.is_file():
+        try:
+            found[f"'{side}'"] = side.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"cannot read '{side}' ({exc}); it should hold one word: jetson or area") from exc
+    for where, mode in found.items():
+        if mode not in PREPROCESS_MODES:
+            raise CheckpointError(f"{where} says preprocess {mode!r}; it must be one of {', '.join(PREPROCESS_MODES)}")
+    if len(set(found.values())) > 1:
+        raise CheckpointError(f"{' but '.join(f'{w} says {m!r}' for w, m in found.items())}; keep one")
+    return next(iter(found.values()), DEFAULT_MODE)
 
 
 def load_stage(model_dir: str | os.PathLike) -> tuple[StageSpec, nn.Module]:
@@ -202,8 +233,13 @@ def save_checkpoint(
     accuracy: float,
     loss: float,
     optimizer: dict | None = None,
+    preprocess: str | None = None,
 ) -> None:
-    """Write a jetson-inference checkpoint dict (loadable by its onnx_export.py and by :func:`load_stage`)."""
+    """Write a jetson-inference checkpoint dict (loadable by its onnx_export.py and by :func:`load_stage`).
+
+    ``epoch`` is upstream's: the 0-based index of the last epoch trained (its ``--resume`` starts at ``epoch + 1``).
+    ``preprocess`` (the resize mode trained with) is stored as an extra key when given.
+    """
     state = {
         "epoch": int(epoch),
         "arch": arch,
@@ -216,5 +252,7 @@ def save_checkpoint(
         "loss": float(loss),
         "optimizer": optimizer,
     }
+    if preprocess is not None:
+        state["preprocess"] = preprocess
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
