@@ -47,14 +47,14 @@ def file_identity(path: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def models_identity(spec1: StageSpec, spec2: StageSpec) -> str:
-    """Identity of a cascade's two models: the content hashes of the files they run from, and their classes.
+    """Identity of a cascade's two models: the content hashes of the files they run from, their inputs (resolution and
+    preprocessing mode, which a ``preprocess.txt`` beside a checkpoint can change) and their classes.
 
     The backend is not part of it (a row records which backend produced it): a table computed with TensorRT on a
     cluster is valid for the same checkpoints opened with ONNX Runtime on a laptop.
     """
-    text = "\n".join(
-        [f"stage1={model_identity(spec1)}", f"stage2={model_identity(spec2)}", f"classes={','.join(spec1.classes)}"]
-    )
+    stages = [f"stage{i}={model_identity(s)}:{s.resolution}:{s.preprocess}" for i, s in ((1, spec1), (2, spec2))]
+    text = "\n".join([*stages, f"classes={','.join(spec1.classes)}"])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -207,13 +207,18 @@ def _unstat_rows(files: Sequence[FileRow], classes: Sequence[str], models: str) 
 
 def _input_column(spec: StageSpec) -> str:
     """The batch column holding a stage's input: stages with the same preprocessing share one."""
-    return f"x{spec.resolution}"
+    return _column(spec.resolution, spec.preprocess)
 
 
-def decode_batch(batch: dict[str, np.ndarray], resolutions: Sequence[int], root: str) -> dict[str, np.ndarray]:
+def _column(resolution: int, mode: str) -> str:
+    return f"x{resolution}_{mode}"
+
+
+def decode_batch(batch: dict[str, np.ndarray], inputs: Sequence[tuple[int, str]], root: str) -> dict[str, np.ndarray]:
     """Ray task: read and preprocess a batch of files; an unreadable file gets its error and a blank input.
 
-    Each file is confined to the dataset root at read time (a file swapped for a symlink out of it is refused).
+    ``inputs``: the stages' (resolution, preprocess mode); each distinct one is a column of model inputs. Each file is
+    confined to the dataset root at read time (a file swapped for a symlink out of it is refused).
     """
     images, status, errors = [], [], []
     for path in batch["path"]:
@@ -227,10 +232,10 @@ def decode_batch(batch: dict[str, np.ndarray], resolutions: Sequence[int], root:
             errors.append(failure_reason(exc))
     out = {k: v for k, v in batch.items() if k != "path"}
     ok = [im for im in images if im is not None]
-    for r in sorted(set(resolutions)):
+    for r, mode in sorted(set(map(tuple, inputs))):
         x = np.zeros((len(images), 3, r, r), np.float32)
-        x[[i for i, im in enumerate(images) if im is not None]] = preprocess_batch(ok, r)
-        out[f"x{r}"] = x
+        x[[i for i, im in enumerate(images) if im is not None]] = preprocess_batch(ok, r, mode)
+        out[_column(r, mode)] = x
     out["status"] = np.array(status, dtype=object)
     out["error"] = np.array(errors, dtype=object)
     return out
@@ -352,7 +357,7 @@ def _pipeline(
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=0.5,
-        fn_kwargs={"resolutions": [s.resolution for s in job.specs], "root": str(job.root)},
+        fn_kwargs={"inputs": [(s.resolution, s.preprocess) for s in job.specs], "root": str(job.root)},
     )
     ds = ds.map_batches(
         CascadeWorker,
