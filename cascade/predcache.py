@@ -88,9 +88,15 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
 
 def model_identity(backend) -> str:
     """Content hashes of the files a stage's answers come from: its checkpoint (where there is one) and the file the
-    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch)."""
-    spec = backend.spec
+    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch).
+
+    ``backend`` may also be a StageSpec (a prediction table is keyed before any backend is opened): then the checkpoint,
+    or the ONNX file where there is no checkpoint.
+    """
+    spec = getattr(backend, "spec", backend)
     ran = getattr(backend, "model_file", None)
+    if ran is None and not spec.checkpoint_path.is_file():
+        ran = spec.onnx_path
     files = [p for p in (spec.checkpoint_path, ran) if p is not None and Path(p).is_file()]
     if not files:
         raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor a model file it runs")

@@ -29,6 +29,13 @@ def _sources_form() -> None:
             key=state.DATA_KEY,
             help="An ImageFolder tree: root/[train|val|test/]<class>/<image>, e.g. an unzipped Kaggle knee set.",
         )
+        st.text_input(
+            "Prediction table (optional)",
+            value=defaults.predictions_path,
+            key=state.PREDICTIONS_KEY,
+            help="A Parquet file from `python -m engines precompute` for this dataset and these models: Gate tuning "
+            "and Dataset read it instead of running the models. Empty: the dashboard's own cache.",
+        )
         from engines.select import BACKEND_KINDS
 
         kinds = list(BACKEND_KINDS)

@@ -1,7 +1,8 @@
 """``python -m engines``: every command that runs or builds the stage models.
 
 ``export`` / ``build`` make a model folder's ONNX file and TensorRT engine; ``predict`` classifies files and folders
-into a CSV; ``evaluate`` scores the cascade and each stage on a labelled folder. Exit codes: 0 done, 1 some input files
+into a CSV; ``evaluate`` scores the cascade and each stage on a labelled folder; ``precompute`` runs both stages over a
+whole dataset on Ray into a Parquet table the dashboard reads. Exit codes: 0 done, 1 some input files
 could not be read (each has its row and reason), 2 a bad command line, config, model folder or output (nothing
 written).
 """
@@ -31,6 +32,7 @@ from cascade.metadata import metadata_lines
 from cascade.predcache import iter_predictions
 from engines.calibrate import add_parser as add_calibrate_parser
 from engines.export import DEFAULT_OPSET, JETSON_OPSET, export_onnx
+from engines.precompute import DEFAULT_OBJECT_STORE_MB, cmd_precompute
 from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
 
@@ -204,6 +206,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     add_calibrate_parser(sub, models)
+
+    p = sub.add_parser("precompute", help="both stages on every image of a dataset, on Ray, into a Parquet table")
+    p.add_argument("data", help="dataset folder (ImageFolder tree, or any folder of images)")
+    p.add_argument("--out", required=True, help="Parquet file to write (resumed if it exists), e.g. preds.parquet")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to run on (e.g. ray://head:10001); default: here")
+    p.add_argument("--num-workers", type=positive_int, default=1, help="model actors, each with both stages")
+    p.add_argument(
+        "--object-store-mb", type=positive_int, default=DEFAULT_OBJECT_STORE_MB, help="a local Ray's object store (MiB)"
+    )
+    models(p)
+    p.set_defaults(func=cmd_precompute)
     return parser
 
 
