@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,7 +95,9 @@ def cascade_token(cfg: CascadeConfig, backend: str) -> str:
 def open_cascade_cached(cfg: CascadeConfig, backend: str) -> Cascade:
     """The cached cascade for a config's model folders (the gate is not part of it: pages pass their own)."""
     token = cascade_token(cfg, backend)
-    return _open_cascade(str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend, token)
+    cascade = _open_cascade(str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend, token)
+    # The config's calibration: a light copy sharing the loaded backends (switching it on or off loads nothing).
+    return cascade if cascade.temperatures == cfg.temperatures else replace(cascade, temperatures=cfg.temperatures)
 
 
 @st.cache_resource(show_spinner="Indexing the dataset…", max_entries=4)
@@ -166,7 +168,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
     with lock:
         if key in store:
             store.move_to_end(key)
-            return store[key]
+            return store[key].with_temperatures(cascade.temperatures)  # raw in the caches
     preds = load_predictions(cache_path(key, prediction_cache_dir()))
     if preds is None and compute:
         n = len(index.select(split))
@@ -182,7 +184,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
             store[key] = preds
             while len(store) > _MEMORY_ENTRIES:
                 store.popitem(last=False)
-    return preds
+    return None if preds is None else preds.with_temperatures(cascade.temperatures)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ def _warm(explainers: list[StageExplainer]) -> None:
 @st.cache_resource(max_entries=4)
 def _warm_up(_cascade: Cascade, token: str) -> threading.Thread:
     explainers = [_stage_explainer(_cascade, token, stage) for stage in (1, 2)]
-    thread = threading.Thread(target=_warm, args=(explainers,), name="explainer-warm-up", daemon=True)
+    # not a daemon: a thread killed inside torch at exit aborts the process ("terminate called…")
+    thread = threading.Thread(target=_warm, args=(explainers,), name="explainer-warm-up")
     thread.start()
     return thread
 
@@ -329,7 +332,9 @@ def warm_up_explainers(ctx: AppContext) -> None:
 def _cams(
     _cascade: Cascade, token: str, stage: int, image_token: str, _image: np.ndarray, method: str, classes: tuple
 ) -> CamMaps:
-    return _stage_explainer(_cascade, token, stage).maps(_image, method, classes)
+    cams = _stage_explainer(_cascade, token, stage).maps(_image, method, classes)
+    # the probabilities as the cascade uses them (calibration); the maps themselves are the models' own
+    return replace(cams, probs=_cascade.calibrate(stage, cams.probs[None])[0])
 
 
 def stage_cams(ctx: AppContext, stage: int, image_token: str, image: np.ndarray, method: str, classes) -> CamMaps:

@@ -110,7 +110,8 @@ def build_context(src: Sources | None = None) -> AppContext:
         ctx.errors["config"] = ("Cascade config", exc)
     if ctx.config is not None:
         try:
-            ctx.cascade_token = cascade_token(ctx.config, ctx.sources.backend)
+            t1, t2 = ctx.config.temperatures  # per-image caches below are keyed by the token: calibration included
+            ctx.cascade_token = f"{cascade_token(ctx.config, ctx.sources.backend)}|T={t1!r},{t2!r}"
             ctx.cascade = open_cascade_cached(ctx.config, ctx.sources.backend)
         except CascadeError as exc:
             ctx.errors["cascade"] = ("Models", exc)

@@ -13,6 +13,7 @@ from cascade.sweep import Sweep, sweep
 from dashboard import state
 from dashboard.caches import dataset_image, read_upload, split_predictions, upload_token
 from dashboard.context import AppContext, escape_md, failing_part, show_error
+from dashboard.prediction_table import table_predictions
 
 
 def split_selector(index: DatasetIndex, label: str = "Split") -> str:
@@ -35,6 +36,8 @@ def split_selector(index: DatasetIndex, label: str = "Split") -> str:
 def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions | None:
     """The split's cached predictions, or a button that computes them (with a progress bar) once."""
     with failing_part("Predictions", stop=False):
+        if ctx.sources.predictions_path:  # a precomputed table (python -m engines precompute) replaces the cache
+            return table_predictions(ctx, split)
         preds = split_predictions(ctx, split)
         if preds is not None:
             return preds
