@@ -70,19 +70,17 @@ for stage, backend in ((1, b1), (2, b2)):
     reason = cascade.reasons.get(stage, "not stated")
     with cards[stage - 1].container(border=True):
         st.markdown(f"**Stage {stage}: {spec.arch}** · {spec.resolution} × {spec.resolution} px")
-        mode = getattr(spec, "preprocess", None)
-        if mode is not None:
-            st.markdown(f"Preprocessing: **{mode}** resize ({PREPROCESS_HELP.get(mode, 'see cascade.preprocess')})")
+        mode = spec.preprocess
+        st.markdown(f"Preprocessing: **{mode}** resize ({PREPROCESS_HELP.get(mode, 'see cascade.preprocess')})")
         st.markdown(f"Classes: {escape_md(', '.join(spec.classes))}  \nBackend: **{escape_md(backend.describe())}**")
         chosen, _, fell_back = reason.partition("not used: ")
         st.caption(f"Why this backend: {escape_md(chosen.rstrip('; '))}")
         if fell_back:
             st.caption(f":orange[Fell back from]: {escape_md(fell_back)}")
         st.caption(f"Folder: {escape_md(spec.model_dir)}")
-calibration = getattr(cfg, "calibration", None)
 st.caption(
     f"Config: {escape_md(cfg.path)} · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})"
-    + ("" if calibration is None else f" · calibration {escape_md(calibration.describe())}")
+    f" · calibration {escape_md(cfg.calibration.describe())}"
 )
 st.caption(f"Machine: {escape_md(machine_summary())}")
 if tensorrt_buildable():

@@ -3,9 +3,6 @@ TensorRT build that runs only on its button, with progress, only where TensorRT 
 
 from __future__ import annotations
 
-import pytest
-
-from cascade.checkpoint import StageSpec
 from tests.dashboard.conftest import assert_clean, click, open_app
 
 
@@ -21,8 +18,6 @@ def test_home_says_what_the_backend_fell_back_from(app_env):
 
 
 def test_home_shows_each_stages_preprocessing(app_env):
-    if "preprocess" not in StageSpec.__dataclass_fields__:
-        pytest.skip("StageSpec.preprocess arrives with the jetson branch")
     at = open_app()
     modes = [m.value for m in at.markdown if m.value.startswith("Preprocessing:")]
     assert len(modes) == 2 and all("resize" in m for m in modes)
@@ -52,3 +47,9 @@ def test_engines_are_built_only_on_the_button_with_progress(app_env, monkeypatch
     at = click(at, "Build TensorRT engines")
     assert_clean(at)
     assert len(built) == 2 and built[0] != built[1]
+
+
+def test_home_says_whether_calibration_is_on(app_env):
+    at = open_app()
+    config = next(c for c in _captions(at) if c.startswith("Config:"))
+    assert "calibration off" in config
