@@ -54,20 +54,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from engines.engine_cache import EngineTarget
-    from engines.export import ensure_onnx
-    from engines.hardware import detect_gpu
-    from engines.onnx_file import folder_spec
-    from engines.trt_build import build_engine, default_precision, import_tensorrt
+    from engines.trt_build import build_stage_engine
 
-    trt = import_tensorrt()
-    gpu = detect_gpu()  # checked before TensorRT's runtime is touched: it crashes where there is no GPU
-    if gpu is None:
-        raise CascadeError("no CUDA GPU found: TensorRT engines can only be built on the GPU that will run them")
-    info, note = ensure_onnx(folder_spec(args.model_dir))
-    print(note, file=sys.stderr)
-    target = EngineTarget(str(trt.__version__), gpu, args.precision or default_precision(gpu))
-    result = build_engine(info.path, info, target, args.max_batch, args.workspace_mb, trt, args.verbose)
+    def progress(message: str, fraction: float) -> None:
+        print(f"[{100 * fraction:3.0f}%] {message}", file=sys.stderr)
+
+    a = args
+    result = build_stage_engine(a.model_dir, a.precision, progress, a.max_batch, a.workspace_mb, a.verbose)
     print(f"wrote {result.path} ({result.manifest['effective_precision']}, {result.seconds:.1f} s)")
     return 0
 
