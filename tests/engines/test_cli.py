@@ -203,6 +203,7 @@ def test_build_prints_progress_and_the_engine(tmp_path, capsys, monkeypatch, exp
     monkeypatch.setattr("engines.trt_build.detect_gpu", lambda: GpuInfo("NVIDIA L4", (8, 9)))
     assert main(["build", str(folder), "--precision", "fp32", "--max-batch", "4"]) == 0
     captured = capsys.readouterr()
-    assert "[ 15%] building resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
+    assert "[ 15%] building resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
     assert "[100%] wrote" in captured.err
-    assert captured.out.startswith(f"wrote {folder / 'resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine'} (fp32,")
+    engine = folder / "resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine"
+    assert captured.out.startswith(f"wrote {engine} (fp32,")
