@@ -17,9 +17,9 @@ from cascade.calibration import (
     calibration_report,
     class_bins,
     fit_temperature,
-    save_calibration,
     top_label_bins,
 )
+from cascade.config import save_calibration
 from cascade.errors import CascadeError
 from cascade.predcache import Predictions
 from cascade.sweep import DEFAULT_THRESHOLDS, suggest_gates, sweep

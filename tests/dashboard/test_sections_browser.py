@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from cascade.calibration import save_calibration
+from cascade.config import save_calibration
 from dashboard.bench import CHROMIUM
 from engines.calibrate import calibrate
 from tests.conftest import ROOT
