@@ -27,7 +27,7 @@ from cascade.fileio import write_atomic
 
 REFERENCE_FILE = "ood_reference.json"
 QUANTILE = 0.99
-SHRINKAGE = 0.1  # share of the diagonal mixed into the covariance: stable with few images per feature
+SHRINKAGE = 0.1  # least share of the diagonal mixed into the covariance; more when there are few images per feature
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 GRID = 4
 FEATURES = (
@@ -159,7 +159,8 @@ def fit_reference(
     cov = np.cov(fit, rowvar=False)
     diag = np.diag(np.diag(cov))
     scale = max(float(np.mean(np.diag(cov))), 1e-12)
-    shrunk = (1 - SHRINKAGE) * cov + SHRINKAGE * diag + 1e-6 * scale * np.eye(len(mean))
+    share = min(1.0, max(SHRINKAGE, 2 * len(mean) / len(fit)))  # few images: trust the variances, not correlations
+    shrunk = (1 - share) * cov + share * diag + 1e-6 * scale * np.eye(len(mean))
     precision = np.linalg.pinv(shrunk)
     partial = OodReference(resolution, mode, tuple(mean), tuple(map(tuple, precision)), 0.0, len(fit), len(held_out))
     threshold = float(np.quantile(partial.distances(held_out), quantile))

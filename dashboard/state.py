@@ -101,13 +101,13 @@ def select_image(rel: str | None) -> None:
 
 
 def selected_image() -> str | None:
-    """The selected dataset image: chosen on a page, or given in the URL (``?img=test/normal/x.png``) on arrival."""
-    chosen = st.session_state.get(SELECTED_KEY)
-    if chosen is None:
-        chosen = st.query_params.get(IMAGE_PARAM) or None
-        if chosen:
-            st.session_state[SELECTED_KEY] = chosen
-    return chosen
+    """The selected dataset image: chosen on a page, or given in the URL (``?img=test/normal/x.png``) on arrival.
+
+    The URL is read once per session; afterwards None means "no choice" (e.g. the split was changed).
+    """
+    if SELECTED_KEY not in st.session_state:
+        st.session_state[SELECTED_KEY] = st.query_params.get(IMAGE_PARAM) or None
+    return st.session_state[SELECTED_KEY]
 
 
 NOTICES_KEY = "_link_notices"

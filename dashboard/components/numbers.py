@@ -103,7 +103,7 @@ def compare_text(p: float, t: float, first: float | None = None, max_decimals: i
     for d in range(0, max_decimals + 1):
         shown = first if (d == 0 and first is not None) else round(100 * p, d)
         if shown != round(100 * t, max(d, t_dec)) and (shown >= 100 * t) == (p >= t):
-            return pct(p, d), op, t_text
+            return f"{shown:.{d}f} %", op, t_text
     return pct(p, max_decimals), op, t_text
 
 
