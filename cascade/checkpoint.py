@@ -9,7 +9,6 @@ runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -159,12 +158,3 @@ def save_checkpoint(
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Content hash of a file (model identity for caches and engine manifests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,13 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
             f"no images found in '{base}'; expected ImageFolder layout root/[train|val|test/]<class>/<image>"
         )
     return DatasetIndex(base, tuple(items), tuple(sorted(classes)))
+
+
+def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
+    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            yield from _files(p)
+        else:
+            yield p

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable
-
 
 class CascadeError(Exception):
     """Base of every expected, user-fixable error raised by this project."""
@@ -23,10 +19,5 @@ class ConfigError(CascadeError):
     """The cascade configuration is missing, malformed or points at something that does not exist."""
 
 
-def run_cli_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a CLI subcommand: an expected error becomes one ``error: …`` line and exit code 2, never a traceback."""
-    try:
-        return command(args)
-    except CascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+class BackendError(CascadeError):
+    """A backend cannot be created or run (missing engine, missing package, no GPU)."""

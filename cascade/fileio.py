@@ -1,9 +1,13 @@
-"""Atomic file writes: a reader (another session, a crash, a second process) sees the old file or the new one, never
-half of one. Used for configs, checkpoints, metrics, prediction caches, ONNX exports, engines and their manifests.
+"""File helpers: atomic writes and the one content hash.
+
+Atomic writes: a reader (another session, a crash, a second process) sees the old file or the new one, never half of
+one. Used for configs, checkpoints, metrics, prediction caches, ONNX exports, engines and their manifests. The content
+hash is the identity of models in caches and manifests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,3 +38,12 @@ def write_atomic(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
             tmp.write_text(data, encoding="utf-8")
         else:
             tmp.write_bytes(data)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (model identity for caches and engine manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -54,6 +54,10 @@ class Decision:
         return float(probs[self.label_index])  # type: ignore[index]
 
 
+#: The original project's gate: stage 1 settles an image as normal when it is at least 60 % sure.
+DEFAULT_THRESHOLD = 0.6
+
+
 def _check_threshold(threshold: float) -> float:
     t = float(threshold)
     if not 0.0 <= t <= 1.0:
@@ -61,39 +65,47 @@ def _check_threshold(threshold: float) -> float:
     return t
 
 
+def _p_normal_and_lead(p1: np.ndarray, normal_index: int, rule: GateRule) -> tuple[np.ndarray, np.ndarray]:
+    """The two things a rule looks at: P(normal), and how far normal leads every other class (+inf: not looked at)."""
+    p_normal = p1[..., normal_index]
+    if rule is GateRule.P_NORMAL:
+        return p_normal, np.full_like(p_normal, np.inf)
+    return p_normal, p_normal - np.delete(p1, normal_index, axis=-1).max(axis=-1)
+
+
+def gate_key(p1: np.ndarray, normal_index: int, rule: GateRule | str = GateRule.P_NORMAL) -> np.ndarray:
+    """The one definition of each rule: an image passes the gate at t exactly when ``gate_key >= t``.
+
+    ``p_normal``: the key is P(normal). ``top1``: the same where normal is stage 1's top class (ties count as top),
+    −inf elsewhere (such an image never passes, whatever the threshold). Works on a C vector or an N×C array.
+    """
+    p_normal, lead = _p_normal_and_lead(np.asarray(p1, dtype=np.float64), normal_index, GateRule.parse(rule))
+    return np.where(lead >= 0, p_normal, -np.inf)
+
+
 def gate_margin(
     p1: np.ndarray, normal_index: int, threshold: float, rule: GateRule | str = GateRule.P_NORMAL
 ) -> np.ndarray:
-    """Margins for an N×C (or C) array of stage-1 probabilities; ≥ 0 means the gate answers "normal"."""
-    rule = GateRule.parse(rule)
-    t = _check_threshold(threshold)
-    p1 = np.asarray(p1, dtype=np.float64)
-    p_normal = p1[..., normal_index]
-    if rule is GateRule.P_NORMAL:
-        return p_normal - t
-    others = np.delete(p1, normal_index, axis=-1).max(axis=-1)
-    return p_normal - np.maximum(t, others)
+    """How far each image is from flipping: ≥ 0 passes the gate (``gate_key >= t``), < 0 goes to stage 2.
+
+    ``p_normal``: P(normal) − t. ``top1``: P(normal) − max(t, highest other probability), finite even where the key is
+    −inf, so images can be sorted by how close they came.
+    """
+    p_normal, lead = _p_normal_and_lead(np.asarray(p1, dtype=np.float64), normal_index, GateRule.parse(rule))
+    return np.minimum(p_normal - _check_threshold(threshold), lead)
 
 
 def passes_gate(
     p1: np.ndarray, normal_index: int, threshold: float, rule: GateRule | str = GateRule.P_NORMAL
 ) -> np.ndarray:
     """Boolean (array): does stage 1 settle the image as normal?"""
-    rule = GateRule.parse(rule)
-    p1 = np.asarray(p1, dtype=np.float64)
-    if rule is GateRule.P_NORMAL:
-        return p1[..., normal_index] >= _check_threshold(threshold)
-    top1 = p1.argmax(axis=-1)
-    return (top1 == normal_index) & (p1[..., normal_index] >= _check_threshold(threshold))
+    return gate_key(p1, normal_index, rule) >= _check_threshold(threshold)
 
 
 def flip_threshold(p1: np.ndarray, normal_index: int, rule: GateRule | str = GateRule.P_NORMAL) -> float | None:
     """The threshold at and below which this image passes the gate; None when no threshold lets it pass."""
-    rule = GateRule.parse(rule)
-    p1 = np.asarray(p1, dtype=np.float64)
-    if rule is GateRule.TOP1 and int(p1.argmax()) != normal_index:
-        return None
-    return float(p1[normal_index])
+    key = float(gate_key(p1, normal_index, rule))
+    return key if np.isfinite(key) else None
 
 
 def decide(

@@ -27,12 +27,15 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity (recall), specificity, precision, F1 and F2 per class from a confusion matrix."""
+    """Sensitivity (recall), specificity, precision, F1 and F2 per class from a C×C confusion matrix.
+
+    A stack of matrices (…×C×C, e.g. one per gate threshold) gives …×C rates, so a sweep shares these definitions.
+    """
     cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    fn = cm.sum(axis=1) - tp
-    fp = cm.sum(axis=0) - tp
-    tn = cm.sum() - tp - fn - fp
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    fn = cm.sum(axis=-1) - tp
+    fp = cm.sum(axis=-2) - tp
+    tn = cm.sum(axis=(-2, -1))[..., None] - tp - fn - fp
     sens = _safe_div(tp, tp + fn)
     prec = _safe_div(tp, tp + fp)
     return {

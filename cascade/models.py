@@ -192,9 +192,3 @@ def gap_linear_split(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.T
             trunk = model.layers if isinstance(model, MNASNet) else model.features
             return trunk, layers[0]
     return None
-
-
-def gap_linear_head(model: nn.Module) -> nn.Linear | None:
-    """The final Linear when the head is global average pooling + one Linear (so CAM is exact), else None."""
-    split = gap_linear_split(model)
-    return None if split is None else split[1]

@@ -1,7 +1,7 @@
 """The cascade at run time: two stage backends and a gate, over images of any size.
 
-Backends are passed in (see ``engines.select.open_cascade``), so this module knows the cascade's logic, not how a
-stage is executed.
+Backends are passed in (``engines.select.open_cascade`` opens them), so this module knows the cascade's logic, not how
+a stage is executed.
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cascade.checkpoint import StageSpec
+from cascade.backend import Backend
 from cascade.errors import ConfigError
-from cascade.gate import Decision, GateRule, decide, passes_gate
+from cascade.gate import DEFAULT_THRESHOLD, Decision, GateRule, decide, passes_gate
 from cascade.preprocess import preprocess_batch
+
+if TYPE_CHECKING:
+    from cascade.checkpoint import StageSpec
 
 
 @dataclass
@@ -27,11 +31,11 @@ class StageRun:
 
 @dataclass
 class Cascade:
-    """Stage 1 + gate + stage 2. ``backend1``/``backend2`` implement ``engines.backend.Backend``."""
+    """Stage 1 + gate + stage 2, each stage run by a :class:`cascade.backend.Backend`."""
 
-    backend1: object
-    backend2: object
-    threshold: float = 0.6
+    backend1: Backend
+    backend2: Backend
+    threshold: float = DEFAULT_THRESHOLD
     rule: GateRule = GateRule.P_NORMAL
     normal_label: str = "normal"
     reasons: dict[int, str] = field(default_factory=dict)  # why each stage's backend was chosen
@@ -46,13 +50,21 @@ class Cascade:
         self.normal_index = s1.class_index(self.normal_label)
         self.rule = GateRule.parse(self.rule)
 
+    def backend(self, stage: int) -> Backend:
+        """The backend of stage 1 or 2."""
+        if stage == 1:
+            return self.backend1
+        if stage == 2:
+            return self.backend2
+        raise ValueError(f"a cascade has stages 1 and 2, not {stage}")
+
     @property
     def spec1(self) -> StageSpec:
-        return self.backend1.spec  # type: ignore[attr-defined]
+        return self.backend1.spec
 
     @property
     def spec2(self) -> StageSpec:
-        return self.backend2.spec  # type: ignore[attr-defined]
+        return self.backend2.spec
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -60,7 +72,7 @@ class Cascade:
 
     def run_stage(self, stage: int, images: Sequence[np.ndarray], with_cams: bool = False) -> StageRun:
         """Preprocess grayscale images for one stage and run it."""
-        backend = self.backend1 if stage == 1 else self.backend2
+        backend = self.backend(stage)
         start = time.perf_counter()
         batch = preprocess_batch(images, backend.spec.resolution)
         if with_cams:

@@ -13,22 +13,23 @@ import hashlib
 import io
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from cascade.checkpoint import file_sha256
 from cascade.dataset import DatasetIndex, Item
-from cascade.errors import CascadeError, ImageReadError
-from cascade.fileio import write_atomic
+from cascade.errors import CascadeError
+from cascade.fileio import file_sha256, write_atomic
 from cascade.images import read_image
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "predictions"
 _FORMAT = 1
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class ClassMismatchError(CascadeError):
@@ -81,7 +82,8 @@ def cache_key(cascade, index: DatasetIndex, split: str) -> str:
         f"files={index.fingerprint(split)}",
         f"classes={','.join(cascade.classes)}",
     ]
-    for stage, backend in ((1, cascade.backend1), (2, cascade.backend2)):
+    for stage in (1, 2):
+        backend = cascade.backend(stage)
         parts.append(f"stage{stage}={model_identity(backend)}:{backend.name}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
@@ -137,6 +139,52 @@ def load_predictions(path: str | os.PathLike) -> Predictions | None:
         return None
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """One batch of :func:`iter_predictions`: which sources were read and their probabilities, and which failed."""
+
+    done: int  # sources handled so far, this batch included
+    ok: list[int]  # indices (into the sources) of the images read, aligned with the rows of p1 and p2
+    p1: np.ndarray  # len(ok)×C
+    p2: np.ndarray  # len(ok)×C; NaN rows where stage 2 did not run
+    failed: list[tuple[int, str]]  # (index, reason) of the sources that could not be read
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The message for a file that could not be read: ours as they are, anything else with its type."""
+    return str(exc) if isinstance(exc, CascadeError) else f"{type(exc).__name__}: {exc}"
+
+
+def iter_predictions(
+    cascade,
+    sources: Sequence[T],
+    read: Callable[[T], np.ndarray],
+    batch_size: int = 16,
+    stage2_always: bool = True,
+) -> Iterator[BatchResult]:
+    """Read and run the cascade over ``sources`` batch by batch; a source that cannot be read is reported, not fatal.
+
+    Any exception while reading one source (not only :class:`ImageReadError`: a decoder bug, a vanished file) fails
+    that source alone, so one bad file never ends a run over thousands. Model failures are not per file and propagate.
+    """
+    c = len(cascade.classes)
+    for start in range(0, len(sources), batch_size):
+        chunk = range(start, min(start + batch_size, len(sources)))
+        images, ok, failed = [], [], []
+        for i in chunk:
+            try:
+                images.append(read(sources[i]))
+            except Exception as exc:  # noqa: BLE001  (per-file: reported in its row, the run goes on)
+                failed.append((i, failure_reason(exc)))
+            else:
+                ok.append(i)
+        if images:
+            p1, p2 = cascade.predict(images, stage2_always=stage2_always)
+        else:
+            p1 = p2 = np.zeros((0, c), np.float32)
+        yield BatchResult(chunk.stop, ok, p1, p2, failed)
+
+
 def compute_predictions(
     cascade,
     items: Sequence[Item],
@@ -148,22 +196,13 @@ def compute_predictions(
     classes = tuple(cascade.classes)
     labels_all = label_indices(items, classes)
     p1s, p2s, keep, failed = [], [], [], []
-    total = len(items)
-    for start in range(0, total, batch_size):
-        chunk = range(start, min(start + batch_size, total))
-        images = []
-        for i in chunk:
-            try:
-                images.append(read_image(items[i].path))
-                keep.append(i)
-            except ImageReadError as exc:
-                failed.append((items[i].rel, str(exc)))
-        if images:
-            p1, p2 = cascade.predict(images, stage2_always=True)
-            p1s.append(p1)
-            p2s.append(p2)
+    for batch in iter_predictions(cascade, items, lambda it: read_image(it.path), batch_size):
+        p1s.append(batch.p1)
+        p2s.append(batch.p2)
+        keep.extend(batch.ok)
+        failed.extend((items[i].rel, why) for i, why in batch.failed)
         if progress is not None:
-            progress(chunk.stop, total)
+            progress(batch.done, len(items))
     c = len(classes)
     return Predictions(
         p1=np.concatenate(p1s).astype(np.float32) if p1s else np.zeros((0, c), np.float32),
@@ -194,12 +233,3 @@ def cached_predictions(
     preds = Predictions(preds.p1, preds.p2, preds.labels, preds.rels, preds.classes, split, preds.failed, key)
     save_predictions(preds, path)
     return preds
-
-
-def peek_predictions(
-    cascade, index: DatasetIndex, split: str, cache_dir: str | os.PathLike | None = None
-) -> Predictions | None:
-    """The cached entry for a split if one exists, without computing anything."""
-    key = cache_key(cascade, index, split)
-    found = load_predictions(cache_path(key, cache_dir))
-    return found if found is not None and found.key == key else None

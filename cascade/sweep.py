@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade.errors import CascadeError
-from cascade.gate import GateRule, decide_batch
+from cascade.gate import GateRule, gate_key
+from cascade.metrics import per_class_rates
 
 #: The dashboard's threshold grid: 0.00, 0.01, …, 1.00.
 DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
@@ -23,20 +24,6 @@ DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 class SweepError(CascadeError, ValueError):
     """The predictions handed to a sweep are inconsistent (shapes, labels, missing stage-2 rows)."""
-
-
-def gate_keys(p1: np.ndarray, normal_index: int, rule: GateRule | str = GateRule.P_NORMAL) -> np.ndarray:
-    """Per-image key with ``key >= t`` ⇔ the image passes the gate at t (same float64 comparison as ``passes_gate``).
-
-    ``p_normal``: the key is P(normal). ``top1``: the same where normal is stage 1's top class, −inf elsewhere (such an
-    image never passes, whatever the threshold).
-    """
-    rule = GateRule.parse(rule)
-    p1 = np.asarray(p1, dtype=np.float64)
-    keys = p1[:, normal_index].copy()
-    if rule is GateRule.TOP1:
-        keys[p1.argmax(axis=1) != normal_index] = -np.inf
-    return keys
 
 
 def _check_inputs(p1: np.ndarray, p2: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,14 +59,6 @@ class Sweep:
     def num_classes(self) -> int:
         return self.confusion.shape[1]
 
-    def _counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        cm = self.confusion.astype(np.float64)
-        tp = np.diagonal(cm, axis1=1, axis2=2)
-        fn = cm.sum(axis=2) - tp
-        fp = cm.sum(axis=1) - tp
-        tn = cm.sum(axis=(1, 2))[:, None] - tp - fn - fp
-        return tp, fn, fp, tn
-
     @property
     def accuracy(self) -> np.ndarray:
         """T: share of images whose final class is right (NaN on an empty set)."""
@@ -87,15 +66,13 @@ class Sweep:
 
     @property
     def sensitivity(self) -> np.ndarray:
-        """T×C: per-class recall (0 where a class has no images, as ``cascade.metrics.per_class_rates``)."""
-        tp, fn, _, _ = self._counts()
-        return _ratio(tp, tp + fn, empty=0.0)
+        """T×C: per-class recall (0 where a class has no images), as ``cascade.metrics.per_class_rates``."""
+        return per_class_rates(self.confusion)["sensitivity"]
 
     @property
     def specificity(self) -> np.ndarray:
         """T×C: per-class specificity."""
-        _, _, fp, tn = self._counts()
-        return _ratio(tn, tn + fp, empty=0.0)
+        return per_class_rates(self.confusion)["specificity"]
 
     def _binary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Abnormal-vs-normal counts: (abnormal caught, abnormal missed, normal kept, normal flagged)."""
@@ -118,15 +95,15 @@ class Sweep:
         return _ratio(caught, caught + missed)
 
     @property
-    def normal_specificity(self) -> np.ndarray:
-        """T: share of normal knees called normal: the specificity of the abnormal-vs-normal screen."""
+    def normal_recall(self) -> np.ndarray:
+        """T: share of normal knees called normal (recall of the normal class; the abnormal screen's specificity)."""
         _, _, kept, flagged = self._binary()
         return _ratio(kept, kept + flagged)
 
     @property
     def youden_j(self) -> np.ndarray:
-        """T: Youden's J of the abnormal-vs-normal screen (sensitivity + specificity − 1)."""
-        return self.abnormal_sensitivity + self.normal_specificity - 1.0
+        """T: Youden's J of the abnormal-vs-normal screen (abnormal sensitivity + normal recall − 1)."""
+        return self.abnormal_sensitivity + self.normal_recall - 1.0
 
     def expected_cost(self, cost_ratio: float) -> np.ndarray:
         """T: mean cost per image when a missed abnormal knee costs ``cost_ratio`` false alarms."""
@@ -158,7 +135,7 @@ def sweep(
     rule = GateRule.parse(rule)
     t = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, dtype=np.float64).reshape(-1)
     n, c = p1.shape
-    keys = gate_keys(p1, normal_index, rule)
+    keys = gate_key(p1, normal_index, rule)
     order = np.argsort(keys, kind="stable")
     # Ascending keys: at threshold t the first `cut` images go to stage 2, the rest pass the gate.
     cut = np.searchsorted(keys[order], t, side="left")
@@ -203,28 +180,32 @@ def suggest_gates(s: Sweep, target_sensitivity: float = 0.95, cost_ratio: float 
     a sensitivity target is the *lowest* threshold that reaches it: the one that lets stage 1 settle the most images.
     """
     t = s.thresholds
-    out: list[Suggestion] = []
-    i = _lowest_best(s.accuracy, t, maximise=True)
-    out.append(
-        Suggestion(
+
+    def pick(key: str, title: str, values: np.ndarray, maximise: bool, none_why: str, why) -> Suggestion:
+        i = _lowest_best(values, t, maximise)
+        return Suggestion(key, title, None if i is None else float(t[i]), none_why if i is None else why(i))
+
+    out = [
+        pick(
             "max_accuracy",
             "Maximum accuracy",
-            None if i is None else float(t[i]),
-            "no labelled images" if i is None else f"accuracy {s.accuracy[i]:.1%}, {s.routed_share[i]:.0%} to stage 2",
-        )
-    )
-    i = _lowest_best(s.youden_j, t, maximise=True)
-    out.append(
-        Suggestion(
+            s.accuracy,
+            True,
+            "no labelled images",
+            lambda i: f"accuracy {s.accuracy[i]:.1%}, {s.routed_share[i]:.0%} to stage 2",
+        ),
+        pick(
             "youden",
             "Youden's J (normal vs abnormal)",
-            None if i is None else float(t[i]),
-            "needs both normal and abnormal images"
-            if i is None
-            else f"J = {s.youden_j[i]:.3f} (abnormal sensitivity {s.abnormal_sensitivity[i]:.1%}, "
-            f"normal specificity {s.normal_specificity[i]:.1%})",
-        )
-    )
+            s.youden_j,
+            True,
+            "needs both normal and abnormal images",
+            lambda i: (
+                f"J = {s.youden_j[i]:.3f} (abnormal sensitivity {s.abnormal_sensitivity[i]:.1%}, "
+                f"normal recall {s.normal_recall[i]:.1%})"
+            ),
+        ),
+    ]
     sens = s.abnormal_sensitivity
     ok = np.flatnonzero(np.isfinite(sens) & (sens >= target_sensitivity - 1e-12))
     if len(ok):
@@ -243,13 +224,14 @@ def suggest_gates(s: Sweep, target_sensitivity: float = 0.95, cost_ratio: float 
         )
         out.append(Suggestion("sensitivity", f"Abnormal sensitivity ≥ {target_sensitivity:.0%}", None, why))
     cost = s.expected_cost(cost_ratio)
-    i = _lowest_best(cost, t, maximise=False)
     out.append(
-        Suggestion(
+        pick(
             "min_cost",
             f"Minimum expected cost (miss = {cost_ratio:g}× false alarm)",
-            None if i is None else float(t[i]),
-            "no labelled images" if i is None else f"cost {cost[i]:.3f} per image (in false-alarm units)",
+            cost,
+            False,
+            "no labelled images",
+            lambda i: f"cost {cost[i]:.3f} per image (in false-alarm units)",
         )
     )
     return out
@@ -269,17 +251,3 @@ def flow_counts(
     into = np.bincount(y * 2 + outcome, minlength=num_classes * 2).reshape(num_classes, 2)
     out = np.bincount(outcome * num_classes + final, minlength=2 * num_classes).reshape(2, num_classes)
     return into, out
-
-
-def decision_flips(
-    p1: np.ndarray,
-    p2: np.ndarray,
-    normal_index: int,
-    saved: float,
-    current: float,
-    rule: GateRule | str = GateRule.P_NORMAL,
-) -> np.ndarray:
-    """Boolean mask of images whose final class differs between the saved gate and the current one."""
-    a = decide_batch(p1, p2, normal_index, saved, rule).final
-    b = decide_batch(p1, p2, normal_index, current, rule).final
-    return a != b

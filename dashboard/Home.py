@@ -16,19 +16,12 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard import sidebar  # noqa: E402
+from dashboard.components.pages import PAGES  # noqa: E402
 from dashboard.resources import CONTEXT_KEY  # noqa: E402
 
 st.set_page_config(page_title="Knee X-ray cascade", page_icon=":material/radiology:", layout="wide")
 
-PAGES = [
-    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("views/explain.py", title="Explain an image", icon=":material/image_search:"),
-    st.Page("views/gradcam.py", title="Grad-CAM", icon=":material/local_fire_department:"),
-    st.Page("views/dataset.py", title="Dataset", icon=":material/grid_view:"),
-    st.Page("views/gate_tuning.py", title="Gate tuning", icon=":material/tune:"),
-]
-
-page = st.navigation(PAGES)
+page = st.navigation([st.Page(p.file, title=p.title, icon=p.icon, default=p.default) for p in PAGES])
 try:
     st.session_state[CONTEXT_KEY] = sidebar.render()
     page.run()

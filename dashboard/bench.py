@@ -26,7 +26,7 @@ import numpy as np
 
 from cascade.gate import GateRule, decide_batch
 from cascade.metrics import abnormal_sensitivity, confusion_matrix, per_class_rates
-from cascade.sweep import DEFAULT_THRESHOLDS, decision_flips, flow_counts, suggest_gates, sweep
+from cascade.sweep import DEFAULT_THRESHOLDS, flow_counts, suggest_gates, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,10 +58,11 @@ def redecide_everything(p1: np.ndarray, p2: np.ndarray, y: np.ndarray, t: float,
     """What one slider move costs the Gate tuning page: the decision, the sweep and all that is drawn from it."""
     now = decide_batch(p1, p2, 0, t)
     s = sweep(p1, p2, y, 0, DEFAULT_THRESHOLDS, GateRule.P_NORMAL)
-    _ = (s.accuracy, s.sensitivity, s.specificity, s.abnormal_sensitivity, s.normal_specificity, s.youden_j)
+    _ = (s.accuracy, s.sensitivity, s.specificity, s.abnormal_sensitivity, s.normal_recall, s.youden_j)
     suggest_gates(s, 0.95, 5.0)
     sweep(p1, p2, y, 0, [t], GateRule.P_NORMAL)
-    decision_flips(p1, p2, 0, saved, t)
+    before = decide_batch(p1, p2, 0, saved)
+    _ = np.flatnonzero(before.final != now.final)  # the flipped-answers table
     flow_counts(y, now.routed, now.final, 3)
 
 

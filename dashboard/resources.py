@@ -72,7 +72,13 @@ def _stamp(path: Path) -> str:
     return f"{info.st_mtime_ns}:{info.st_size}"
 
 
-@st.cache_resource(show_spinner="Loading the models…", max_entries=4)
+def _release_cascade(cascade: Cascade) -> None:
+    """On eviction: free GPU buffers inside their CUDA context now, not at some garbage collection in another thread."""
+    for stage in (1, 2):
+        cascade.backend(stage).close()
+
+
+@st.cache_resource(show_spinner="Loading the models…", max_entries=4, on_release=_release_cascade)
 def _open_cascade(stage1: str, stage2: str, normal_label: str, backend: str, token: str) -> Cascade:
     """Both stages, once per process for a given set of folders and files (``token`` changes with the files)."""
     from engines.select import open_cascade

@@ -76,7 +76,7 @@ def gate_sweep(preds: Predictions, normal_index: int, thresholds) -> Sweep:
 
 
 def headline_metrics(preds: Predictions, normal_index: int, saved: float | None) -> None:
-    """Accuracy, abnormal sensitivity, normal specificity and stage-2 share at the gate (deltas: vs the saved gate)."""
+    """Accuracy, abnormal sensitivity, normal recall and stage-2 share at the gate (deltas: vs the saved gate)."""
     t, _ = state.gate()
     points = gate_sweep(preds, normal_index, [t] if saved is None else [t, saved])
 
@@ -99,8 +99,8 @@ def headline_metrics(preds: Predictions, normal_index: int, saved: float | None)
     )
     cols[2].metric(
         "Normal specificity",
-        fmt(points.normal_specificity[0]),
-        delta(points.normal_specificity),
+        fmt(points.normal_recall[0]),
+        delta(points.normal_recall),
         help="Share of normal knees called normal.",
     )
     cols[3].metric(

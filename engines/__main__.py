@@ -1,4 +1,4 @@
-"""``python -m engines export|build``."""
+"""``python -m engines export|build|predict|evaluate``."""
 
 from engines.cli import main
 

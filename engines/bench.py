@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.backend import Backend
 from cascade.checkpoint import StageSpec, load_stage
+from cascade.cli import CliParser, positive_int, run_cli
 from cascade.config import DEFAULT_CONFIG, load_config
-from cascade.errors import CascadeError
+from cascade.errors import BackendError
+from cascade.fileio import write_atomic
 from cascade.preprocess import preprocess_batch
-from engines.backend import Backend, BackendError
 from engines.hardware import cpu_model, detect_gpu, physical_cores, usable_cpus
+from engines.select import BACKEND_KINDS
 
 PLAIN_TARGET = 1.3
 GRADCAM_TARGET = 4.0
@@ -263,37 +265,35 @@ def run_bench(model_dirs: Sequence[Path], kinds: Sequence[str], repeats: int = 3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m engines.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="cascade config whose stages to benchmark")
     parser.add_argument("--models", nargs="+", default=None, help="model folders instead of the config's stages")
-    parser.add_argument(
-        "--backends", nargs="+", choices=("tensorrt", "onnx", "torch"), default=["tensorrt", "onnx", "torch"]
-    )
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=16, help="throughput batch size (default: %(default)s)")
+    kinds = [k for k in BACKEND_KINDS if k != "auto"]  # each backend by name: "auto" would time one of them twice
+    parser.add_argument("--backends", nargs="+", choices=kinds, default=kinds)
+    parser.add_argument("--repeats", type=positive_int, default=30, help="timed calls per measurement")
+    parser.add_argument("--batch", type=positive_int, default=16, help="throughput batch size (default: %(default)s)")
     parser.add_argument("--out", default=None, help="also write the markdown report to this file")
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.repeats < 1 or args.batch < 1:
-        print("error: --repeats and --batch must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        if args.models:
-            dirs = [Path(m) for m in args.models]
-        else:
-            cfg = load_config(args.config)
-            dirs = [cfg.stage1_dir, cfg.stage2_dir]
-        report = run_bench(dirs, args.backends, args.repeats, args.batch)
-    except CascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.models:
+        dirs = [Path(m) for m in args.models]
+    else:
+        cfg = load_config(args.config)
+        dirs = [cfg.stage1_dir, cfg.stage2_dir]
+    report = run_bench(dirs, args.backends, args.repeats, args.batch)
     print(report, end="")
     if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
+        write_atomic(args.out, report)
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    parser.set_defaults(func=cmd_bench)
+    return run_cli(parser, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(get_args_parser().parse_args()))
+    raise SystemExit(main())

@@ -1,18 +1,37 @@
-"""``python -m engines export|build MODEL_DIR``: ONNX exports and TensorRT engines for jetson-inference model folders.
+"""``python -m engines``: every command that runs or builds the stage models.
 
-Expected failures (a bad folder, no TensorRT, no GPU, a parser error) print one line, never a traceback.
+``export`` / ``build`` make a model folder's ONNX file and TensorRT engine; ``predict`` classifies files and folders
+into a CSV; ``evaluate`` scores the cascade and each stage on a labelled folder. Exit codes: 0 done, 1 some input files
+could not be read (each has its row and reason), 2 a bad command line, config, model folder or output (nothing
+written).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from cascade.errors import CascadeError, run_cli_command
+import numpy as np
+from tqdm import tqdm
+
+from cascade.cli import CliParser, positive_int, run_cli
+from cascade.config import DEFAULT_CONFIG
+from cascade.dataset import iter_image_files
+from cascade.errors import CascadeError
+from cascade.fileio import write_atomic
+from cascade.images import read_image
+from cascade.predcache import iter_predictions
 from engines.export import DEFAULT_OPSET, export_onnx
+from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
+
+SOME_FILES_FAILED = 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -24,26 +43,103 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from engines.engine_cache import EngineTarget
-    from engines.export import ensure_onnx
-    from engines.hardware import detect_gpu
-    from engines.onnx_file import folder_spec
-    from engines.trt_build import build_engine, default_precision, import_tensorrt
+    from engines.trt_build import build_stage_engine
 
-    trt = import_tensorrt()
-    gpu = detect_gpu()  # checked before TensorRT's runtime is touched: it crashes where there is no GPU
-    if gpu is None:
-        raise CascadeError("no CUDA GPU found: TensorRT engines can only be built on the GPU that will run them")
-    info, note = ensure_onnx(folder_spec(args.model_dir))
-    print(note, file=sys.stderr)
-    target = EngineTarget(str(trt.__version__), gpu, args.precision or default_precision(gpu))
-    result = build_engine(info.path, info, target, args.max_batch, args.workspace_mb, trt, args.verbose)
+    def progress(message: str, fraction: float) -> None:
+        print(f"[{100 * fraction:3.0f}%] {message}", file=sys.stderr)
+
+    a = args
+    result = build_stage_engine(a.model_dir, a.precision, progress, a.max_batch, a.workspace_mb, a.verbose)
     print(f"wrote {result.path} ({result.manifest['effective_precision']}, {result.seconds:.1f} s)")
     return 0
 
 
+def _open(args: argparse.Namespace):
+    cascade = open_cascade(args.config, args.backend)
+    for stage in (1, 2):
+        print(f"stage {stage}: {cascade.backend(stage).describe()} — {cascade.reasons[stage]}", file=sys.stderr)
+    return cascade
+
+
+def _fmt(x: float) -> str:
+    return "" if np.isnan(x) else f"{x:.6f}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    files = list(iter_image_files(args.paths))
+    if not files:
+        raise CascadeError(f"no image files found in {' '.join(args.paths)}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise CascadeError(f"--out '{out}' is a folder; name the CSV file to write")
+    cascade = _open(args)  # a bad config or model fails here, before anything is written
+    classes = cascade.classes
+    header = [
+        "path",
+        *(f"stage1_{c}" for c in classes),
+        *(f"stage2_{c}" for c in classes),
+        "gate_margin",
+        "stage2_ran",
+        "label",
+        "decided_by",
+        "error",
+    ]
+    rows: list[list] = [[] for _ in files]
+    with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
+        for batch in iter_predictions(cascade, files, read_image, args.batch_size, args.stage2_always):
+            for i, why in batch.failed:
+                rows[i] = [files[i], *[""] * (2 * len(classes) + 4), why]
+            for i, a, b in zip(batch.ok, batch.p1, batch.p2, strict=True):
+                d = cascade.decide(a, b)
+                decision = [f"{d.margin:.6f}", int(d.stage2_ran), d.label, d.decided_by, ""]
+                rows[i] = [files[i], *map(_fmt, a), *map(_fmt, b), *decision]
+            bar.update(batch.done - bar.n)
+    failed = sum(1 for r in rows if r[-1])
+    buf = _csv_text([header, *rows])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, buf)
+    print(f"wrote {len(files)} rows to {out} ({failed} failed)", file=sys.stderr)
+    return SOME_FILES_FAILED if failed else 0
+
+
+def _csv_text(rows: list[list]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cascade.evaluate import evaluate_cascade
+
+    cascade = _open(args)
+    with tqdm(unit="img", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = evaluate_cascade(cascade, args.data, args.batch_size, progress)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        write_atomic(args.out, text + "\n")
+    print(text)
+    for name in ("stage1", "stage2", "cascade"):
+        r = report[name]
+        print(
+            f"{name:8s} accuracy {r['accuracy']:.3f}  macro F1 {r['macro_f1']:.3f}  "
+            f"abnormal sensitivity {r['abnormal_sensitivity']:.3f}",
+            file=sys.stderr,
+        )
+    unreadable = report["unreadable"]
+    if unreadable:
+        print(f"{len(unreadable)} file(s) could not be read and are not scored:", file=sys.stderr)
+        for row in unreadable:
+            print(f"  {row['path']}: {row['error']}", file=sys.stderr)
+    return SOME_FILES_FAILED if unreadable else 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engines", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m engines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="write <arch>.onnx (input_0 → output_0 [+ cam_0]) into the model folder")
@@ -55,17 +151,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a TensorRT engine for this GPU next to the ONNX file (GPU hosts)")
     p.add_argument("model_dir", help="model folder (its ONNX is exported first if missing or stale)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: fp16 where the GPU has fast FP16")
-    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace (MiB)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the profile")
+    p.add_argument("--workspace-mb", type=positive_int, default=DEFAULT_WORKSPACE_MB, help="builder workspace (MiB)")
+    p.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH, help="largest batch of the profile")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.set_defaults(func=cmd_build)
+
+    def models(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="cascade config (default: %(default)s)")
+        p.add_argument("--backend", default="auto", choices=BACKEND_KINDS, help="inference backend")
+        p.add_argument("--batch-size", type=positive_int, default=16)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="classify images or folders (recursive) and write a CSV")
+    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", default="preds.csv", help="CSV to write (default: %(default)s)")
+    p.add_argument("--stage2-always", action="store_true", help="run stage 2 on every image, not only routed ones")
+    models(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="metrics of the cascade and of each stage on an ImageFolder folder")
+    p.add_argument("data", help="ImageFolder folder, e.g. sample_images/test")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    models(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if getattr(args, "max_batch", 1) < 1 or getattr(args, "workspace_mb", 1) < 1:
-        print("error: --max-batch and --workspace-mb must be at least 1", file=sys.stderr)
-        return 2
-    return run_cli_command(args.func, args)
+    return run_cli(get_args_parser(), argv)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cascade.checkpoint import StageSpec, file_sha256, load_stage
+from cascade.checkpoint import StageSpec, load_stage
+from cascade.errors import BackendError
 from cascade.fastcam import CamModel, fast_cam_supported
-from cascade.fileio import atomic_path
-from engines.backend import BackendError
+from cascade.fileio import atomic_path, file_sha256
 from engines.onnx_file import (
     CAMS_NAME,
     EXPORTER_KEY,

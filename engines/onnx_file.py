@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascade.checkpoint import BEST_NAME, LABELS_NAME, StageSpec, read_labels, stage_spec_from
-from engines.backend import BackendError
+from cascade.errors import BackendError
 
 INPUT_NAME = "input_0"
 PROBS_NAME = "output_0"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cascade.backend import Backend, InputSpec
 from cascade.checkpoint import StageSpec
-from engines.backend import Backend, BackendError, InputSpec
+from cascade.errors import BackendError
 from engines.hardware import physical_cores
 from engines.onnx_file import OnnxInfo, check_matches_spec
 

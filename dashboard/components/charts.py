@@ -102,7 +102,7 @@ def headline_curves(s: Sweep, current: float, saved: float | None = None) -> go.
     t = s.thresholds
     fig.add_scatter(x=t, y=s.accuracy, name="accuracy", line={"width": 3, "color": "#e5e7eb"})
     fig.add_scatter(x=t, y=s.abnormal_sensitivity, name="abnormal sensitivity", line={"color": "#f472b6"})
-    fig.add_scatter(x=t, y=s.normal_specificity, name="normal specificity", line={"color": "#4ade80"})
+    fig.add_scatter(x=t, y=s.normal_recall, name="normal recall", line={"color": "#4ade80"})
     fig.add_scatter(
         x=t, y=s.routed_share, name="share sent to stage 2", line={"color": "#60a5fa", "dash": "dash"}, fill="tozeroy"
     )

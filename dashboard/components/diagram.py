@@ -42,11 +42,10 @@ def cascade_dot(
     rule: GateRule | str,
     path: int | None = None,
     final_label: str | None = None,
-    stage2_label: str | None = None,
 ) -> str:
     """DOT source of the cascade. ``path`` lights the route of one image: 1 = settled by the gate, 2 = via stage 2.
 
-    ``final_label`` names the answer at the end of the lit route; ``stage2_label`` is stage 2's answer when it ran.
+    ``final_label`` names the answer at the end of the lit route.
     """
     lit1 = path == 1
     lit2 = path == 2
@@ -70,8 +69,8 @@ def cascade_dot(
     answer2 = "stage 2's class"
     if lit1 and final_label:
         answer1 = f"answer: {final_label}"
-    if lit2 and (stage2_label or final_label):
-        answer2 = f"answer: {stage2_label or final_label}"
+    if lit2 and final_label:
+        answer2 = f"answer: {final_label}"
     lines = [
         "digraph cascade {",
         'rankdir=LR; bgcolor="transparent"; nodesep=0.35; ranksep=0.45;',

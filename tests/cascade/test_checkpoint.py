@@ -6,7 +6,7 @@ import torch
 
 from cascade.checkpoint import load_checkpoint, load_stage, read_labels, save_checkpoint, stage_spec_from
 from cascade.errors import CheckpointError
-from cascade.models import available_architectures, create_model, feature_layer, gap_linear_head
+from cascade.models import available_architectures, create_model, feature_layer, gap_linear_split
 
 
 def _jetson_dict(model, arch, classes, resolution=224):
@@ -160,7 +160,7 @@ def test_factory_builds_every_family_with_a_three_class_head(arch):
         out = model(torch.randn(1, 3, 96, 96))
     assert out.shape == (1, 3)
     assert feature_layer(model) is not None
-    exact = gap_linear_head(model) is not None
+    exact = gap_linear_split(model) is not None
     assert exact == arch.startswith(("resnet", "densenet", "mobilenet_v2", "efficientnet", "regnet"))
 
 

@@ -14,7 +14,6 @@ from cascade.predcache import (
     cache_path,
     cached_predictions,
     load_predictions,
-    peek_predictions,
 )
 from engines.select import open_cascade
 
@@ -38,7 +37,7 @@ def _calls(cascade) -> int:
 def test_computed_once_then_read_without_a_model(tiny_cascade, dataset, tmp_path):
     index = index_dataset(dataset)
     cache = tmp_path / "cache"
-    assert peek_predictions(tiny_cascade, index, "val", cache) is None
+    assert not cache.exists()
     seen = []
     first = cached_predictions(tiny_cascade, index, "val", cache, batch_size=5, progress=lambda d, t: seen.append(d))
     assert seen[-1] == 12 and seen == sorted(seen)
@@ -52,7 +51,7 @@ def test_computed_once_then_read_without_a_model(tiny_cascade, dataset, tmp_path
     np.testing.assert_array_equal(again.p1, first.p1)
     np.testing.assert_array_equal(again.p2, first.p2)
     assert again.rels == first.rels and again.key == first.key
-    assert peek_predictions(tiny_cascade, index, "val", cache) is not None
+    assert load_predictions(cache_path(first.key, cache)).key == first.key
     assert [p.name for p in cache.iterdir()] == [f"{first.key}.npz"]  # no temporary file left behind
 
 

@@ -13,10 +13,11 @@ from cascade.config import load_config
 from cascade.dataset import index_dataset
 from cascade.gate import decide_batch
 from cascade.predcache import cached_predictions
+from dashboard.components.pages import PAGES
 from tests.conftest import ROOT, make_dicom_bytes, make_knee_like
 from tests.dashboard.conftest import assert_clean, click, ensure_predictions, open_app, widget
 
-PAGES = ["views/home.py", "views/explain.py", "views/gradcam.py", "views/dataset.py", "views/gate_tuning.py"]
+PAGE_FILES = [p.file for p in PAGES]
 
 
 def _cascade(config):
@@ -48,7 +49,7 @@ def _set_gate(at, value: float):
     return at.run()
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", PAGE_FILES)
 def test_every_page_renders(app_env, page):
     at = open_app(page)
     assert_clean(at)
@@ -254,7 +255,7 @@ DEMO = ROOT / "models" / "demo"
     not all((DEMO / s / "model_best.pth.tar").is_file() for s in ("stage1", "stage2")),
     reason="the demo models are not in this checkout",
 )
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", PAGE_FILES)
 def test_default_config_renders(page, monkeypatch, tmp_path):
     for name in ("KNEE_CASCADE_CONFIG", "KNEE_CASCADE_DATA", "KNEE_CASCADE_BACKEND"):
         monkeypatch.delenv(name, raising=False)

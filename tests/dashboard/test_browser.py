@@ -14,21 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from dashboard.bench import CHROMIUM, CHROMIUM_ARGS
+from dashboard.components.pages import PAGES
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "screenshots"
 FOOTER = "Research tool. Not for clinical use."
-PAGES = {
-    "home": ("", "Knee X-ray cascade"),
-    "explain": ("explain", "Explain an image"),
-    "gradcam": ("gradcam", "Grad-CAM"),
-    "dataset": ("dataset", "Dataset"),
-    "gate_tuning": ("gate_tuning", "Gate tuning"),
-}
+HOME_HEADING = "Knee X-ray cascade"
 
 pytestmark = [
     pytest.mark.slow,
@@ -180,11 +176,13 @@ def test_every_page_renders_and_the_gate_redecides(app_url, browser):
     assert page.get_by_text("Suggested gates").count() == 1
     shot(page, "gate_tuning")
 
-    for name, (path, title) in PAGES.items():
+    for info in PAGES:
+        name = Path(info.file).stem
         if name == "gate_tuning":
             continue
-        page = open_page(browser, f"{app_url}/{path}")
+        page = open_page(browser, f"{app_url}/{info.url_path}")
         settle(page)
+        title = HOME_HEADING if info.default else info.title
         page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
         if name == "gradcam":
             page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)

@@ -40,3 +40,15 @@ def test_fit_within_keeps_aspect_and_never_enlarges():
     img = np.zeros((300, 150), np.uint8)
     assert fit_within(img, 100).shape == (100, 50)
     assert fit_within(img, 1000).shape == (300, 150)
+
+
+def test_evicted_cascade_closes_its_backends(tiny_config, tiny_dataset, monkeypatch):
+    import streamlit as st
+
+    from engines.torch_backend import TorchBackend
+
+    closed = []
+    monkeypatch.setattr(TorchBackend, "close", lambda self: closed.append(self))
+    ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
+    st.cache_resource.clear()  # what the sidebar's reload does; max_entries evictions call the same hook
+    assert ctx.cascade.backend1 in closed and ctx.cascade.backend2 in closed

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 
-from engines.bench import CamRow, Timing, get_args_parser, main, render_report
+from engines.bench import CamRow, Timing, main, render_report
 
 
 def test_bench_runs_on_tiny_models(exported_models, capsys, tmp_path):
     folder = exported_models["resnet18"]
     out = tmp_path / "bench.md"
     argv = ["--models", str(folder), str(folder), "--backends", "onnx", "torch", "--repeats", "1", "--batch", "4"]
-    args = get_args_parser().parse_args([*argv, "--out", str(out)])
-    assert main(args) == 0
+    assert main([*argv, "--out", str(out)]) == 0
     report = capsys.readouterr().out
     assert out.read_text() == report
     assert "physical cores" in report and "onnxruntime 1." in report and "batch 4 throughput" in report
@@ -36,3 +35,10 @@ def test_report_judges_engines_against_the_targets():
     assert "2.00× ✗" in lines["| tensorrt"] and "3.0× ✗" in lines["| tensorrt"]
     assert "target" not in lines["| torch-cpu"]
     assert "Backends not available here: tensorrt: not installed." in report
+
+
+def test_bench_argument_errors_are_one_line(capsys):
+    assert main(["--repeats", "0"]) == 2
+    assert main(["--backends", "auto"]) == 2  # each backend by name
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cascade.checkpoint import file_sha256
+from cascade.fileio import file_sha256
 from engines.engine_cache import (
     EngineTarget,
     engine_path,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cascade.checkpoint import load_stage, write_labels
-from engines.backend import BackendError
+from cascade.errors import BackendError
 from engines.export import (
     EXPORTER,
     ExportError,

@@ -81,7 +81,7 @@ def test_wrong_resolution_refused(tmp_path, jetson_folder):
 def test_engine_only_folder_without_onnxruntime_has_no_backend(tmp_path, jetson_folder, monkeypatch):
     import sys
 
-    from engines.backend import BackendError
+    from cascade.errors import BackendError
 
     folder = tmp_path / "deployed"
     folder.mkdir()

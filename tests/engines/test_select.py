@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from cascade.errors import CheckpointError
-from engines.backend import BackendError, TorchBackend
+from cascade.errors import BackendError, CheckpointError
 from engines.ort_backend import OnnxRuntimeBackend
 from engines.select import make_backend, open_cascade
+from engines.torch_backend import TorchBackend
 from tests.conftest import make_knee_like
 from tests.engines.conftest import input_batches
 

@@ -1,4 +1,4 @@
-"""The one interface every inference backend implements, and the PyTorch backend (the last resort, and the reference).
+"""The one interface every inference backend implements (the backends themselves live in ``engines/``).
 
 A backend runs one stage: a preprocessed float32 batch N×3×R×R in, softmax probabilities N×C out; where it can, it also
 returns class activation maps N×C×h×w from the same forward pass.
@@ -9,17 +9,14 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from cascade.checkpoint import StageSpec
-from cascade.errors import CascadeError
-from cascade.fastcam import CamModel, fast_cam_supported
+from cascade.errors import BackendError
 
-
-class BackendError(CascadeError):
-    """A backend cannot be created or run (missing engine, missing package, no GPU)."""
+if TYPE_CHECKING:  # the contract needs no torch: checkpoint reading does
+    from cascade.checkpoint import StageSpec
 
 
 @dataclass(frozen=True)
@@ -82,34 +79,6 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.spec.arch}, {self.spec.resolution}px)"
 
-
-class TorchBackend(Backend):
-    """PyTorch eager, CPU or CUDA; CAMs through :class:`cascade.explain.CamModel` where the head allows.
-
-    Thread-safe: in inference mode an eval-mode module keeps no per-call state, and CamModel uses no hooks.
-    """
-
-    def __init__(self, spec: StageSpec, model: torch.nn.Module, device: str = "cpu") -> None:
-        super().__init__(spec)
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.name = f"torch-{self.device.type}"
-        self._cam_model = CamModel(self.model).eval() if fast_cam_supported(self.model) else None
-
-    @property
-    def supports_cams(self) -> bool:
-        return self._cam_model is not None
-
-    def input_spec(self) -> InputSpec:
-        r = self.spec.resolution
-        return InputSpec("input_0", ("N", 3, r, r))
-
-    def _run(self, batch: np.ndarray, with_cams: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        x = torch.from_numpy(batch).to(self.device)
-        with torch.inference_mode():
-            if with_cams and self._cam_model is not None:
-                probs, cams = self._cam_model(x)
-                return probs.float().cpu().numpy(), cams.float().cpu().numpy()
-            logits = self.model(x)
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        return probs, None
+    def close(self) -> None:
+        """Free what the backend holds outside Python's reach (TensorRT's GPU buffers); a no-op for most."""
+        return None
