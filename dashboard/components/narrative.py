@@ -43,11 +43,11 @@ def shown_percent(probs: Sequence[float], i: int) -> str:
     return f"{largest_remainder(probs)[i]:.0f} %"
 
 
-def _vs_gate(probs: Sequence[float], normal_index: int, t: float) -> str:
-    """``P(normal) 45.7 % < 46 %``: the comparison the gate made, with the digits it needs."""
+def _vs_gate(probs: Sequence[float], normal_index: int, t: float) -> tuple[str, str]:
+    """The gate as a percentage (``46 %``) and the comparison it made (``45.7 % < 46 %``), with the digits it needs."""
     shown = float(largest_remainder(probs)[normal_index])
     p, op, gate = compare_text(probs[normal_index], t, first=shown)
-    return f"{p} {op} {gate}"
+    return gate, f"{p} {op} {gate}"
 
 
 def decision_steps(decision: Decision, classes: Sequence[str], normal_index: int) -> list[str]:
@@ -56,21 +56,19 @@ def decision_steps(decision: Decision, classes: Sequence[str], normal_index: int
     normal = classes[normal_index]
     top = int(np.argmax(p1))
     t = decision.threshold
-    vs = _vs_gate(p1, normal_index, t)
+    gate_pct, vs = _vs_gate(p1, normal_index, t)
+    asks = f"P({normal}) of at least {gate_pct} (gate {gate_text(t)})"
     top_text = f"Stage 1's top class is {classes[top]} ({shown_percent(p1, top)})"
     if decision.rule is GateRule.TOP1:
         if top != normal_index:
             steps = [
-                f"{top_text}, not {normal} (P({normal}) {shown_percent(p1, normal_index)}); "
-                f"the gate (top-1 rule) needs {normal} on top and P({normal}) ≥ {gate_text(t)}."
+                f"{top_text}, not {normal} (P({normal}) = {shown_percent(p1, normal_index)}); "
+                f"the gate (top-1 rule) needs {normal} on top and {asks}."
             ]
         else:
-            steps = [f"{top_text}; the gate (top-1 rule) also asks P({normal}) ≥ {gate_text(t)}: P({normal}) {vs}."]
+            steps = [f"{top_text}; the gate (top-1 rule) also asks for {asks}: {vs}."]
     else:
-        steps = [
-            f"Stage 1 gives P({normal}) = {shown_percent(p1, normal_index)}; the gate asks P({normal}) ≥ "
-            f"{gate_text(t)}: {vs}."
-        ]
+        steps = [f"Stage 1 gives P({normal}) = {shown_percent(p1, normal_index)}; the gate asks for {asks}: {vs}."]
         if top != normal_index:
             steps[0] = f"{top_text}, not {normal}. " + steps[0]
     if decision.stage2_ran:

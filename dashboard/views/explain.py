@@ -99,7 +99,7 @@ st.graphviz_chart(
         t,
         rule,
         path=decision.decided_by,
-        final_label=f"{decision.label}, P = {shown_percent(probs, decision.label_index)}",
+        final_label=f"{decision.label}, P({decision.label}) {shown_percent(probs, decision.label_index)}",
     ),
     width="stretch",
 )
