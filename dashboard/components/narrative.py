@@ -44,10 +44,13 @@ def shown_percent(probs: Sequence[float], i: int) -> str:
 
 
 def _vs_gate(probs: Sequence[float], normal_index: int, t: float) -> tuple[str, str]:
-    """The gate as a percentage (``46 %``) and the comparison it made (``45.7 % < 46 %``), with the digits it needs."""
+    """P(normal) and the comparison with the gate, as the gate made it: ``("45.7 %", "45.7 % < 46 %")``.
+
+    P(normal) is written as its bar writes it unless that would hide the comparison; then with the digits it needs.
+    """
     shown = float(largest_remainder(probs)[normal_index])
     p, op, gate = compare_text(probs[normal_index], t, first=shown)
-    return gate, f"{p} {op} {gate}"
+    return p, f"{p} {op} {gate}"
 
 
 def decision_steps(decision: Decision, classes: Sequence[str], normal_index: int) -> list[str]:
@@ -56,19 +59,21 @@ def decision_steps(decision: Decision, classes: Sequence[str], normal_index: int
     normal = classes[normal_index]
     top = int(np.argmax(p1))
     t = decision.threshold
-    gate_pct, vs = _vs_gate(p1, normal_index, t)
-    asks = f"P({normal}) of at least {gate_pct} (gate {gate_text(t)})"
+    _, vs = _vs_gate(p1, normal_index, t)
+    threshold = f"the gate's threshold ({gate_text(t)})"
     top_text = f"Stage 1's top class is {classes[top]} ({shown_percent(p1, top)})"
     if decision.rule is GateRule.TOP1:
         if top != normal_index:
             steps = [
-                f"{top_text}, not {normal} (P({normal}) = {shown_percent(p1, normal_index)}); "
-                f"the gate (top-1 rule) needs {normal} on top and {asks}."
+                f"{top_text}, not {normal} (P({normal}) = {shown_percent(p1, normal_index)}); the gate (top-1 rule) "
+                f"needs {normal} on top and P({normal}) at or above {threshold}."
             ]
         else:
-            steps = [f"{top_text}; the gate (top-1 rule) also asks for {asks}: {vs}."]
+            steps = [
+                f"Stage 1's top class is {normal}; the top-1 rule also compares P({normal}) with {threshold}: {vs}."
+            ]
     else:
-        steps = [f"Stage 1 gives P({normal}) = {shown_percent(p1, normal_index)}; the gate asks for {asks}: {vs}."]
+        steps = [f"Stage 1 gives P({normal}) {vs}, {threshold}."]
         if top != normal_index:
             steps[0] = f"{top_text}, not {normal}. " + steps[0]
     if decision.stage2_ran:

@@ -23,7 +23,7 @@ def test_routed_to_stage_two_reads_like_the_issue():
     p1, p2 = np.array([0.42, 0.38, 0.20]), np.array([0.09, 0.20, 0.71])
     d = decide(p1, p2, CLASSES, 0, 0.6)
     assert decision_steps(d, CLASSES, 0) == [
-        "Stage 1 gives P(normal) = 42 %; the gate asks for P(normal) of at least 60 % (gate 0.600): 42 % < 60 %.",
+        "Stage 1 gives P(normal) 42 % < 60 %, the gate's threshold (0.600).",
         "So stage 2 runs.",
         "Stage 2 says osteoporosis: P(osteoporosis) = 71 %.",
     ]
