@@ -60,9 +60,9 @@ with left:
         elif any(c.flagged for _, c in checks.values()):
             worst = max(c.ratio for _, c in checks.values())
             st.warning(
-                f"**Unlike the training images.** This image's statistics lie {worst:.1f}× beyond what 99 % of "
-                "held-out images reach: the models were not trained on images like it, so treat their answer with "
-                "care.",
+                f"**Unlike the training images.** Its distance from the training images' statistics is {worst:.1f} "
+                "times the distance 99 % of held-out images stay within: the models were not trained on images like "
+                "it, so treat their answer with care.",
                 icon=":material/report:",
             )
         else:
@@ -71,7 +71,7 @@ with left:
             ref = next(iter(checks.values()))[0]
             st.caption(
                 "Distance to the training images' statistics (1.0 = the held-out threshold): "
-                + ", ".join(f"stage {s} {c.ratio:.2f}" for s, (_, c) in checks.items())
+                + ", ".join(f"stage {s}: {c.ratio:.2f}" for s, (_, c) in checks.items())
                 + f". Reference: {escape_markdown(ref.source or 'stored beside the model')}."
             )
 
