@@ -358,7 +358,7 @@ def _cams(
     from cascade.preprocess import preprocess_batch
 
     backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
+    batch = preprocess_batch([_image], backend.spec.resolution, backend.spec.preprocess)
     if method == "fast" and backend.supports_cams:
         start = time.perf_counter()
         probs, raw = backend.predict_with_cams(batch)
@@ -393,7 +393,7 @@ def _faithfulness(
     from cascade.preprocess import preprocess_batch
 
     backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
+    batch = preprocess_batch([_image], backend.spec.resolution, backend.spec.preprocess)
     model = _explainer(_cascade, token, stage).model
     return float(faithfulness(model, batch, _cam[None], np.array([cls]), metric)[0])
 

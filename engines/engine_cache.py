@@ -29,7 +29,7 @@ from cascade.fileio import file_sha256, write_atomic
 from engines.hardware import GpuInfo
 from engines.onnx_file import OnnxInfo
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: "fp32" engines are built with TF32 off; format-1 ones were TF32 and are not used
 MANIFEST_SUFFIX = ".manifest.json"
 #: manifest fields that must equal the present situation for an engine to be used
 IDENTITY_KEYS = ("onnx_sha256", "tensorrt", "gpu", "compute_capability", "precision")

@@ -140,10 +140,6 @@ class EngineBuilder:
         self.parser = None
         self.max_batch = 0
 
-    @property
-    def strongly_typed(self) -> bool:
-        return strongly_typed_only(self.trt)
-
     def create_network(self, onnx_path: str | os.PathLike, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         """Parse the ONNX file, log every input and output, and add the batch optimisation profile."""
         self.network = self.builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
@@ -172,7 +168,7 @@ class EngineBuilder:
         """Apply the precision; returns what the engine will really use."""
         if precision not in PRECISIONS:
             raise EngineBuildError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-        if precision == "fp16" and not self.strongly_typed:
+        if precision == "fp16" and not strongly_typed_only(self.trt):
             if getattr(self.builder, "platform_has_fast_fp16", True):
                 self.config.set_flag(self.trt.BuilderFlag.FP16)
                 return "fp16"
@@ -182,9 +178,9 @@ class EngineBuilder:
             self.config.clear_flag(self.trt.BuilderFlag.TF32)  # on by default: FP32 means FP32 (≤ 1e-3 parity)
         return precision  # strongly typed FP16: the converted ONNX already says FP16
 
-    def _set_timing_cache(self, cache_file: Path | None) -> None:
+    def _set_timing_cache(self, cache_file: Path) -> None:
         """Start from the saved timing cache; an unreadable or mismatched one is replaced by an empty cache."""
-        saved = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
+        saved = cache_file.read_bytes() if cache_file.is_file() else b""
         for data in dict.fromkeys((saved, b"")):  # the saved cache, then (if that was refused) an empty one
             cache = self.config.create_timing_cache(data)
             if cache is not None and self.config.set_timing_cache(cache, ignore_mismatch=False):
@@ -193,20 +189,13 @@ class EngineBuilder:
                 log.warning("TensorRT rejected the timing cache %s; starting an empty one", cache_file)
         raise EngineBuildError(f"TensorRT {self.trt.__version__} rejected an empty timing cache (set_timing_cache)")
 
-    def create_engine(
-        self,
-        engine: str | os.PathLike,
-        precision: str = "fp16",
-        timing_cache: str | os.PathLike | None = None,
-        monitor: Any = None,
-    ) -> str:
+    def create_engine(self, engine: Path, precision: str, timing_cache: Path, monitor: Any = None) -> str:
         """Build and write the engine (atomically); returns the precision it was built with."""
         effective = self._set_precision(precision)
-        cache_file = Path(timing_cache) if timing_cache else None
-        self._set_timing_cache(cache_file)
+        self._set_timing_cache(timing_cache)
         if monitor is not None:
             self.config.progress_monitor = monitor
-        log.info("Building %s engine %s (timing cache: %s)", effective.upper(), Path(engine).name, cache_file)
+        log.info("Building %s engine %s (timing cache: %s)", effective.upper(), Path(engine).name, timing_cache)
         severity = self.logger.min_severity
         if self.verbose:
             self.logger.min_severity = self.trt.Logger.VERBOSE
@@ -216,9 +205,8 @@ class EngineBuilder:
             self.logger.min_severity = severity
         if plan is None:
             raise EngineBuildError(f"TensorRT failed to build {Path(engine).name}; its log above says why")
-        write_atomic(Path(engine), memoryview(plan))
-        if cache_file is not None:
-            write_atomic(cache_file, bytes(memoryview(self.config.get_timing_cache().serialize())))
+        write_atomic(engine, memoryview(plan))
+        write_atomic(timing_cache, bytes(memoryview(self.config.get_timing_cache().serialize())))
         return effective
 
 
@@ -240,7 +228,7 @@ def build_engine(
     builder = EngineBuilder(trt, workspace_mb, verbose)
     with tempfile.TemporaryDirectory(prefix="trt-build-") as scratch:
         source = onnx_path
-        if target.precision == "fp16" and builder.strongly_typed:
+        if target.precision == "fp16" and strongly_typed_only(builder.trt):
             report(f"converting {onnx_path.name} to mixed FP16 (TensorRT {builder.trt.__version__})", 0.05)
             source = to_mixed_fp16(onnx_path, Path(scratch) / f"{onnx_path.stem}.fp16.onnx")
         report(f"parsing {source.name}", 0.1)

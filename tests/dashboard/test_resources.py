@@ -18,7 +18,7 @@ def test_two_sessions_computing_heatmaps_get_the_maps_each_gets_alone(tiny_confi
     ex = explainer(ctx, 2)
     assert explainer(ctx, 2) is ex  # one per process: shared by every session
     res = ctx.cascade.spec2.resolution
-    batches = [preprocess_batch([make_knee_like(seed)], res) for seed in (1, 2)]
+    batches = [preprocess_batch([make_knee_like(seed)], res, "jetson") for seed in (1, 2)]
     alone = [ex.explain(b, "gradcam++", 1).maps for b in batches]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = [pool.submit(ex.explain, batches[i % 2], "gradcam++", 1) for i in range(6)]
