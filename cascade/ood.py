@@ -45,19 +45,15 @@ class OodError(CascadeError):
     """A reference cannot be built or read (too few images, a malformed file)."""
 
 
-def stage_view(image: np.ndarray, resolution: int, mode: str | None = None) -> np.ndarray:
-    """What a stage sees: the R×R 8-bit input as its preprocessing samples it (gray; the stages replicate it to RGB).
+def stage_view(image: np.ndarray, resolution: int, mode: str = preprocess.DEFAULT_MODE) -> np.ndarray:
+    """What a stage sees: its R×R 8-bit input as ``cascade.preprocess`` samples it, as one gray channel.
 
-    Uses ``cascade.preprocess.model_view`` with the stage's mode when that exists, else the project's one resize.
+    The stages get this gray image replicated into R, G and B; a colour image is averaged to gray for the statistics.
     """
-    model_view = getattr(preprocess, "model_view", None)
-    if model_view is not None and mode is not None:
-        view = np.asarray(model_view(image, resolution, mode))
-    else:
-        view = preprocess.resize_gray(image, resolution)
-    if view.ndim == 3:
-        view = view.mean(axis=2)
-    return np.clip(np.rint(view), 0, 255).astype(np.uint8) if view.dtype != np.uint8 else view
+    view = preprocess.model_view(image, resolution, mode)
+    if np.array_equal(view[..., 0], view[..., 1]) and np.array_equal(view[..., 0], view[..., 2]):
+        return np.ascontiguousarray(view[..., 0])
+    return np.rint(view.mean(axis=2)).astype(np.uint8)
 
 
 def image_features(view: np.ndarray) -> np.ndarray:
@@ -92,7 +88,7 @@ class OodReference:
     """Training images' statistics for one stage input (resolution, preprocessing) and the held-out threshold."""
 
     resolution: int
-    mode: str | None
+    mode: str
     mean: tuple[float, ...]
     precision: tuple[tuple[float, ...], ...]  # inverse of the shrunk covariance
     threshold: float
@@ -134,7 +130,7 @@ class OodReference:
         return ref
 
 
-def feature_matrix(images: Iterable[np.ndarray], resolution: int, mode: str | None = None) -> np.ndarray:
+def feature_matrix(images: Iterable[np.ndarray], resolution: int, mode: str = preprocess.DEFAULT_MODE) -> np.ndarray:
     """N×F statistics of the images' stage inputs."""
     rows = [image_features(stage_view(im, resolution, mode)) for im in images]
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
@@ -144,7 +140,7 @@ def fit_reference(
     fit: np.ndarray,
     held_out: np.ndarray,
     resolution: int,
-    mode: str | None = None,
+    mode: str = preprocess.DEFAULT_MODE,
     quantile: float = QUANTILE,
     source: str = "",
 ) -> OodReference:

@@ -223,7 +223,7 @@ def _spaced(items: list[Item], n: int) -> list[Item]:
 
 @st.cache_resource(show_spinner="Measuring the training images (once)…", max_entries=8)
 def _ood_reference(
-    _index: DatasetIndex, root: str, count: int, resolution: int, mode: str | None, model_file: str, stamp: int | None
+    _index: DatasetIndex, root: str, count: int, resolution: int, mode: str, model_file: str, stamp: int | None
 ):
     """A stage's reference: stored beside the model when there, else from the dataset's train and held-out splits."""
     from cascade.images import read_image
@@ -261,5 +261,6 @@ def ood_reference(ctx: AppContext, stage: int):
     spec = (cascade.spec1, cascade.spec2)[stage - 1]
     model_file = Path(spec.model_dir) / REFERENCE_FILE
     stamp = model_file.stat().st_mtime_ns if model_file.is_file() else None
-    mode = getattr(spec, "preprocess", None)
-    return _ood_reference(index, str(index.root), len(index.items), spec.resolution, mode, str(model_file), stamp)
+    return _ood_reference(
+        index, str(index.root), len(index.items), spec.resolution, spec.preprocess, str(model_file), stamp
+    )

@@ -26,6 +26,10 @@ from dashboard.components.narrative import (
 from dashboard.components.text import escape_markdown
 from dashboard.resources import app_context, failing_part, fit_within, predict_image
 
+SAMPLING = {
+    "jetson": "nearest source pixel, as jetson-inference samples it",
+    "area": "area-averaged resize",
+}
 VIEW_SIZE = 256  # "what the model sees" is enlarged to this many pixels, nearest-neighbour, so each input pixel shows
 
 ctx = app_context()
@@ -139,11 +143,10 @@ st.caption(
 )
 cols = st.columns(4)
 for stage, spec in enumerate(specs, start=1):
-    mode = getattr(spec, "preprocess", None)
-    view = stage_view(picked.image, spec.resolution, mode)
+    view = stage_view(picked.image, spec.resolution, spec.preprocess)
     big = cv2.resize(view, (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_NEAREST)
     cols[stage - 1].image(big, width="stretch")
-    how = f"{mode} sampling" if mode else "area resize"
+    how = SAMPLING.get(spec.preprocess, spec.preprocess)
     cols[stage - 1].caption(f"Stage {stage}: {spec.resolution}×{spec.resolution} px, {how}")
 
 st.subheader("Latency")

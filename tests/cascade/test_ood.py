@@ -10,16 +10,16 @@ from cascade.ood import FEATURES, OodError, OodReference, feature_matrix, fit_re
 from tests.conftest import REALDATA, ROOT, make_knee_like
 
 PHANTOMS = ROOT / "sample_images"
-RES = 128  # the demo models' input size
+RES, MODE = 128, "area"  # the demo models' input size and sampling
 
 
 def _features(split: str) -> np.ndarray:
-    return feature_matrix((read_image(p) for p in sorted((PHANTOMS / split).glob("*/*.png"))), RES)
+    return feature_matrix((read_image(p) for p in sorted((PHANTOMS / split).glob("*/*.png"))), RES, MODE)
 
 
 @pytest.fixture(scope="module")
 def phantom_reference() -> OodReference:
-    return fit_reference(_features("train"), _features("val"), RES, source="phantoms")
+    return fit_reference(_features("train"), _features("val"), RES, MODE, source="phantoms")
 
 
 def test_held_out_phantoms_are_mostly_not_flagged(phantom_reference):
@@ -53,8 +53,12 @@ def test_bad_reference_files_and_too_few_images_are_clear_errors(tmp_path):
         fit_reference(np.zeros((3, len(FEATURES))), np.zeros((1, len(FEATURES))), RES)
 
 
-def test_the_stage_view_is_the_stage_input_size():
+@pytest.mark.parametrize("mode", ["jetson", "area"])
+def test_the_stage_view_is_the_stage_input_as_sampled(mode):
+    from cascade.preprocess import model_view
+
     image = make_knee_like(1, (301, 257))
-    view = stage_view(image, 64)
+    view = stage_view(image, 64, mode)
     assert view.shape == (64, 64) and view.dtype == np.uint8
+    assert np.array_equal(view, model_view(image, 64, mode)[..., 0])  # the stage's own sampling, not another resize
     assert image_features(view).shape == (len(FEATURES),)
