@@ -173,13 +173,6 @@ def _gate_widgets(ctx: AppContext) -> None:
         st.sidebar.caption(f"Saved gate: {state.gate_text(saved_t)} ({state.RULE_LABELS[saved_rule]})")
 
 
-def _calibration_line(ctx: AppContext) -> None:
-    """Whether the probabilities the gate sees are temperature-calibrated (issue 11), when the config says so."""
-    settings = getattr(ctx.config, "calibration", None) if ctx.config else None
-    if settings is not None:
-        st.sidebar.caption(f"Calibration: {settings.describe()}")
-
-
 def render() -> AppContext:
     """Draw the shared sidebar and open what it names; returns this run's context."""
     _sources_form()
@@ -187,7 +180,6 @@ def render() -> AppContext:
     for what, exc in ctx.errors.values():
         st.sidebar.error(f"{what}: {exc}", icon=":material/error:")
     _gate_widgets(ctx)
-    _calibration_line(ctx)
     if ctx.config is not None and is_demo(ctx.config):
         st.sidebar.warning("Demo models, trained on synthetic phantoms.", icon=":material/warning:")
     st.sidebar.caption(FOOTER)
