@@ -127,13 +127,11 @@ def _gate_widgets(ctx: AppContext) -> None:
     st.session_state[state.GATE_SLIDER_KEY] = t
     st.session_state[state.GATE_INPUT_KEY] = t
     st.session_state[state.RULE_WIDGET_KEY] = rule.value
-    fmt = f"%.{GATE_DECIMALS}f"
+    # The slider and the number box are one control at one precision: same range, step and format, same state.
+    gate_range = {"min_value": 0.0, "max_value": 1.0, "step": state.GATE_STEP, "format": f"%.{GATE_DECIMALS}f"}
     st.sidebar.slider(
         "Gate threshold",
-        min_value=0.0,
-        max_value=1.0,
-        step=state.GATE_STEP,
-        format=fmt,
+        **gate_range,
         key=state.GATE_SLIDER_KEY,
         on_change=_copy_threshold,
         args=(state.GATE_SLIDER_KEY,),
@@ -142,10 +140,7 @@ def _gate_widgets(ctx: AppContext) -> None:
     )
     st.sidebar.number_input(
         "Exact gate",
-        min_value=0.0,
-        max_value=1.0,
-        step=state.GATE_STEP,
-        format=fmt,
+        **gate_range,
         key=state.GATE_INPUT_KEY,
         on_change=_copy_threshold,
         args=(state.GATE_INPUT_KEY,),
