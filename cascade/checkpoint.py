@@ -137,6 +137,8 @@ def write_labels(path: str | os.PathLike, classes: tuple[str, ...] | list[str]) 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely (tensors and plain containers only)."""
     p = Path(path)
+    if p.exists() and not p.is_file():  # a FIFO or device would block torch.load: never opened
+        raise CheckpointError(f"checkpoint '{p}' is not a regular file; put the model_best.pth.tar file there")
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' does not exist")
     try:

@@ -94,7 +94,11 @@ def safe_join(root: Path, rel: str) -> Path:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    try:
+        found = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError as exc:
+        raise ConfigError(f"cannot list the dataset folder '{folder}': {exc.strerror or exc}") from exc
+    return sorted(found, key=lambda d: d.name)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -143,7 +147,11 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
 
 
 def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
-    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run."""
+    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run.
+
+    Nothing is opened here: special files (FIFOs, sockets, devices, broken links) are listed as given and refused by
+    the reader (:func:`cascade.images.special_file_reason`), so each gets its row with the reason.
+    """
     for raw in paths:
         p = Path(raw)
         if p.is_dir():

@@ -67,12 +67,14 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
 
 
 def model_identity(backend) -> str:
-    """Content hash of the file a stage runs from: its checkpoint, or its ONNX file where there is no checkpoint."""
+    """Content hashes of the files a stage's answers come from: its checkpoint (where there is one) and the file the
+    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch)."""
     spec = backend.spec
-    for path in (spec.checkpoint_path, spec.onnx_path):
-        if path.is_file():
-            return f"{path.name}:{file_sha256(path)}"
-    raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor {spec.onnx_path.name}")
+    ran = getattr(backend, "model_file", None)
+    files = [p for p in (spec.checkpoint_path, ran) if p is not None and Path(p).is_file()]
+    if not files:
+        raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor a model file it runs")
+    return "+".join(f"{Path(p).name}:{file_sha256(p)}" for p in files)
 
 
 def cache_key(cascade, index: DatasetIndex, split: str) -> str:

@@ -23,6 +23,7 @@ from cascade.pipeline import Cascade
 from engines.engine_cache import EngineTarget, plan_engine
 from engines.export import ensure_onnx
 from engines.hardware import detect_gpu
+from engines.identity import OnnxIdentityError
 from engines.onnx_file import folder_spec
 from engines.torch_backend import TorchBackend
 
@@ -112,6 +113,8 @@ def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: st
         try:
             backend, note = _tensorrt_backend(spec, precision)
             return backend, f"TensorRT on {backend.gpu.name} ({note})"
+        except OnnxIdentityError:
+            raise  # the folder's ONNX is not its checkpoint's: an error to fix, not a reason to try another backend
         except Exception as exc:  # noqa: BLE001  (auto falls back on any failure, saying why)
             if kind == "tensorrt":
                 if isinstance(exc, BackendError):
@@ -122,6 +125,8 @@ def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: st
     if kind in ("auto", "onnx"):
         try:
             backend, note = _onnx_backend(spec)
+        except OnnxIdentityError:
+            raise
         except BackendError as exc:
             if kind == "onnx":
                 raise

@@ -62,6 +62,12 @@ class ExportedModels:
         return self.folders[arch]
 
 
+@pytest.fixture(autouse=True)
+def _private_identity_cache(tmp_path, monkeypatch):
+    """ONNX identity verdicts go to the test's own folder, never to the checkout's .cache."""
+    monkeypatch.setattr("engines.identity.IDENTITY_CACHE_DIR", tmp_path / "onnx-identity")
+
+
 @pytest.fixture(scope="session")
 def exported_models(tmp_path_factory) -> ExportedModels:
     """``exported_models["resnet18"]`` / ``["densenet121"]``: exported folders shared by the session (don't modify)."""

@@ -18,8 +18,8 @@ def test_export_command(tmp_path, capsys):
     folder = make_model_dir(tmp_path / "m", "resnet18", seed=51)
     assert main(["export", str(folder), "--opset", "17"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"wrote {folder / 'resnet18.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
-    assert read_onnx_info(folder / "resnet18.onnx").opset == 17
+    assert out.startswith(f"wrote {folder / 'resnet18.cascade.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
+    assert read_onnx_info(folder / "resnet18.cascade.onnx").opset == 17
 
 
 def test_export_of_a_missing_folder_fails_cleanly(tmp_path, capsys):
@@ -203,6 +203,7 @@ def test_build_prints_progress_and_the_engine(tmp_path, capsys, monkeypatch, exp
     monkeypatch.setattr("engines.trt_build.detect_gpu", lambda: GpuInfo("NVIDIA L4", (8, 9)))
     assert main(["build", str(folder), "--precision", "fp32", "--max-batch", "4"]) == 0
     captured = capsys.readouterr()
-    assert "[ 15%] building resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
+    assert "[ 15%] building resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
     assert "[100%] wrote" in captured.err
-    assert captured.out.startswith(f"wrote {folder / 'resnet18.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine'} (fp32,")
+    engine = folder / "resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine"
+    assert captured.out.startswith(f"wrote {engine} (fp32,")

@@ -31,7 +31,7 @@ FLOAT16 = onnx.TensorProto.FLOAT16
 def onnx_file(tmp_path, exported_models):
     dest = tmp_path / "resnet18"
     shutil.copytree(exported_models["resnet18"], dest)
-    return dest / "resnet18.onnx"
+    return dest / "resnet18.cascade.onnx"
 
 
 def _build(onnx_file, version, precision, **fake):
@@ -184,6 +184,6 @@ def test_invalid_fp16_conversion_is_a_backend_error(onnx_file, monkeypatch):
         raise onnx.checker.ValidationError("Field 'type' of 'value_info' is required but missing.")
 
     monkeypatch.setattr("onnx.checker.check_model", invalid)
-    with pytest.raises(BackendError, match="mixed-FP16 conversion of resnet18.onnx failed .ValidationError"):
+    with pytest.raises(BackendError, match="mixed-FP16 conversion of resnet18.cascade.onnx failed .ValidationError"):
         _build(onnx_file, "11.4.0.106", "fp16")
     assert not list(onnx_file.parent.glob("*.engine"))

@@ -58,7 +58,7 @@ def fake_trt(monkeypatch):
 
 
 def _ort(folder, batch):
-    return ort.InferenceSession(str(folder / "resnet18.onnx")).run(None, {"input_0": batch})
+    return ort.InferenceSession(str(folder / "resnet18.cascade.onnx")).run(None, {"input_0": batch})
 
 
 def _engine(folder, trt, precision="fp16", max_batch=16) -> TensorRTBackend:
@@ -134,13 +134,17 @@ def test_engine_of_another_tensorrt_version_is_not_used(folder, fake_trt, monkey
     newer, _ = make_fake_tensorrt("10.14.1.48")
     _install(monkeypatch, newer)
     backend, reason = make_backend(folder, "auto")
-    assert backend.name == "onnxruntime-cpu" and "no engine resnet18.onnx.trt10.14.1.48" in reason
+    assert backend.name == "onnxruntime-cpu" and "no engine resnet18.cascade.onnx.trt10.14.1.48" in reason
     build_stage_engine(folder)
     assert isinstance(make_backend(folder, "tensorrt")[0], TensorRTBackend)
     assert len(list(folder.glob("*.engine"))) == 2  # each version keeps its own
 
 
 def test_undeserializable_jetson_engine_falls_back_and_is_remembered(folder, fake_trt, monkeypatch):
+    from engines.export import export_onnx
+
+    (folder / "resnet18.cascade.onnx").unlink()  # a folder as jetson-inference leaves it: its <arch>.onnx only
+    export_onnx(folder, jetson=True)
     (folder / "resnet18.onnx.1.1.101300.GPU.FP16.engine").write_bytes(b"a plan for another GPU")
     (folder / "resnet18.onnx.sha256sum").write_text(file_sha256(folder / "resnet18.onnx") + "\n")
     backend, reason = make_backend(folder, "auto")
