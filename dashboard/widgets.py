@@ -175,7 +175,7 @@ def _pick_from_dataset(ctx: AppContext, page: str) -> PickedImage | None:
     state.select_image(chosen)
     st.query_params[state.IMAGE_PARAM] = chosen
     item = ctx.items_by_rel[chosen]
-    with failing_part(f"Image '{escape_markdown(item.rel)}'", stop=False):
+    with failing_part(f"Image '{item.rel}'", stop=False):  # show_error escapes names (dash-a)
         return PickedImage(dataset_image(item), image_token(item=item), item.rel, item)
     return None
 
@@ -195,7 +195,7 @@ def _pick_upload(page: str) -> PickedImage | None:
     name, data = last
     if upload is None:
         st.caption(f"Showing the file uploaded earlier: {escape_markdown(name)}.")
-    with failing_part(f"Upload '{escape_markdown(name)}'", stop=False):
+    with failing_part(f"Upload '{name}'", stop=False):  # show_error escapes names (dash-a)
         return PickedImage(read_upload(data, name), image_token(data=data), name)
     return None
 
