@@ -211,8 +211,8 @@ def image_picker(ctx: AppContext, page: str) -> PickedImage | None:
     return _pick_from_dataset(ctx, page)
 
 
-OOD_FIT_MAX = 400  # training images used for a reference computed from the dataset (evenly spaced), and held-out
-OOD_HELD_OUT_MAX = 200
+OOD_FIT_MAX = 200  # images for a reference computed from the dataset (evenly spaced; 27 statistics): train
+OOD_HELD_OUT_MAX = 100  # and held-out (val, else test)
 
 
 def _spaced(items: list[Item], n: int) -> list[Item]:
