@@ -91,7 +91,7 @@ def _gate_lines(fig: go.Figure, current: float, saved: float | None) -> None:
     fig.add_vline(
         x=current,
         line={"color": GATE_COLOUR, "width": 2},
-        annotation={"text": f"gate {current:.2f}", "font": {"color": GATE_COLOUR}},
+        annotation={"text": f"gate {gate_text(current)}", "font": {"color": GATE_COLOUR}},
         annotation_position="top right",
     )
 

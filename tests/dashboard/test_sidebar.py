@@ -95,3 +95,10 @@ def test_long_paths_are_in_the_tooltip(app_env, tiny_dataset):
     at = open_app()
     field = widget(at.sidebar.text_input, "Dataset folder")
     assert str(tiny_dataset) in field.help
+
+
+def test_gate_tuning_saves_and_shows_the_gate_it_decides_on(app_env):
+    at = ensure_predictions(open_app("views/gate_tuning.py", query={"gate": "0.456"}))
+    assert any(b.label.startswith("Save gate 0.456 ") for b in at.button)  # not "Save gate 0.46"
+    assert any("slider 0.456" in c.value for c in at.caption)
+    assert_clean(at)
