@@ -8,6 +8,8 @@ from cascade.gate import GateRule
 from dashboard import state
 from dashboard.components.numbers import GATE_DECIMALS, GateValueError, is_on_gate_grid, parse_gate, quantize_gate
 from dashboard.resources import AppContext, build_context, is_demo
+from dashboard.sections import calibration as calibration_section
+from dashboard.sections import metadata as metadata_section
 
 _SEEDED_FOR = "_gate_seeded_for"
 FOOTER = "Research tool. Not for clinical use."
@@ -45,6 +47,7 @@ def _sources_form() -> None:
             key=state.BACKEND_KEY,
             help="auto picks the fastest backend available on this machine; the Home page says why.",
         )
+        metadata_section.sidebar_input()
         if st.button("Reload models and data", icon=":material/refresh:", help="After files changed on disk."):
             st.cache_resource.clear()
             st.cache_data.clear()
@@ -175,6 +178,7 @@ def render() -> AppContext:
     for what, exc in ctx.errors.values():
         st.sidebar.error(f"{what}: {exc}", icon=":material/error:")
     _gate_widgets(ctx)
+    calibration_section.sidebar_status(ctx)
     if ctx.config is not None and is_demo(ctx.config):
         st.sidebar.warning("Demo models, trained on synthetic phantoms.", icon=":material/warning:")
     st.sidebar.caption(FOOTER)

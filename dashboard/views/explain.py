@@ -25,6 +25,7 @@ from dashboard.components.narrative import (
 )
 from dashboard.components.text import escape_markdown
 from dashboard.resources import app_context, failing_part, fit_within, predict_image
+from dashboard.sections import metadata as metadata_section
 
 SAMPLING = {
     "jetson": "nearest source pixel, as jetson-inference samples it",
@@ -53,6 +54,7 @@ with left:
     st.image(fit_within(picked.image, 640), caption=f"{escape_markdown(picked.title)} · {w}×{h} px", width="stretch")
     if picked.item is not None:
         st.caption(f"True class (folder): **{escape_markdown(picked.item.label)}**")
+    metadata_section.show_for_image(ctx, picked.item)
     with failing_part("Out-of-distribution check", stop=False):
         checks = {}
         for stage in (1, 2):
@@ -78,7 +80,6 @@ with left:
                 + ", ".join(f"stage {s}: {c.ratio:.2f}" for s, (_, c) in checks.items())
                 + f". Reference: {escape_markdown(ref.source or 'stored beside the model')}."
             )
-
 with right:
     st.markdown(f"### Answer: **{answer_line(decision, classes)}**")
     st.plotly_chart(

@@ -15,6 +15,8 @@ from cascade.sweep import DEFAULT_THRESHOLDS, flow_counts, suggest_gates
 from dashboard import state, widgets
 from dashboard.components.charts import class_curves, confusion_heatmap, flow_sankey, headline_curves
 from dashboard.resources import app_context
+from dashboard.sections import calibration as calibration_section
+from dashboard.sections import metadata as metadata_section
 
 SAVE_RESULT_KEY = "gate_save_result"
 
@@ -70,6 +72,8 @@ else:
     st.caption(f"{len(flips)} change: {fixed} become right, {broken} become wrong.")
     st.dataframe(table, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(flips)))
 
+metadata_section.gate_plot(ctx, preds)
+
 st.subheader("Suggested gates")
 c = st.columns(2)
 target = c[0].number_input("Abnormal sensitivity target", 0.5, 1.0, 0.95, 0.01, format="%.2f")
@@ -101,6 +105,8 @@ def _save(path: str, threshold: float, rule_value: str) -> None:
     except (CascadeError, OSError) as exc:
         st.session_state[SAVE_RESULT_KEY] = ("error", f"Could not save the gate: {exc}")
 
+
+calibration_section.render(ctx, preds)
 
 st.subheader("Save")
 unchanged = abs(t - saved) < 1e-9 and rule is cfg.rule
