@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from cascade.sweep import Sweep
+from dashboard.components.numbers import gate_text, percent_labels
 
 GATE_COLOUR = "#ff9f1c"
 SAVED_COLOUR = "#9ca3af"
@@ -40,7 +41,7 @@ def probability_bars(
             orientation="h",
             marker_color=[_colour(i) for i in y],
             opacity=0.45 if faded else 0.95,
-            text=[f"{100 * p:.0f} %" for p in probs],
+            text=percent_labels(probs),
             textposition="outside",
             cliponaxis=False,
             hovertemplate="%{customdata}: %{x:.3f}<extra></extra>",
@@ -59,7 +60,7 @@ def probability_bars(
         fig.add_annotation(  # just above the normal bar, on a dark ground so it reads over any bar colour
             x=gate,
             y=normal_index - 0.5,
-            text=f"gate {gate:.2f}",
+            text=f"gate {gate_text(gate)}",
             showarrow=False,
             yanchor="bottom",
             font={"color": GATE_COLOUR},
@@ -90,7 +91,7 @@ def _gate_lines(fig: go.Figure, current: float, saved: float | None) -> None:
     fig.add_vline(
         x=current,
         line={"color": GATE_COLOUR, "width": 2},
-        annotation={"text": f"gate {current:.2f}", "font": {"color": GATE_COLOUR}},
+        annotation={"text": f"gate {gate_text(current)}", "font": {"color": GATE_COLOUR}},
         annotation_position="top right",
     )
 

@@ -38,7 +38,7 @@ with st.container(border=True):
     route = c[3].selectbox("Route", [ANY, "stage 2", "stage 1 only"], disabled=not have)
     sort = c[4].selectbox("Sort by", list(SORTS), disabled=not have)
     flipped = st.checkbox(
-        f"Only images whose answer differs from the saved gate ({saved:.2f})",
+        f"Only images whose answer differs from the saved gate ({state.gate_text(saved)})",
         disabled=not have,
         help="Move the gate slider in the sidebar to see which answers change.",
     )

@@ -51,7 +51,7 @@ into, out = flow_counts(preds.labels, now.routed, now.final, len(classes))
 right.plotly_chart(flow_sankey(into, out, classes), width="stretch", key="sankey")
 
 st.subheader("Answers that change when the gate moves")
-st.caption(f"Saved gate {saved:.2f} → slider {t:.2f} ({state.RULE_LABELS[rule.value]}).")
+st.caption(f"Saved gate {state.gate_text(saved)} → slider {state.gate_text(t)} ({state.RULE_LABELS[rule.value]}).")
 before = decide_batch(preds.p1, preds.p2, ni, saved, rule)
 flips = np.flatnonzero(before.final != now.final)
 if len(flips) == 0:
@@ -62,8 +62,8 @@ else:
         {
             "image": [preds.rels[i] for i in flips],
             "true class": names[preds.labels[flips]],
-            f"answer at {saved:.2f}": names[before.final[flips]],
-            f"answer at {t:.2f}": names[now.final[flips]],
+            f"answer at {state.gate_text(saved)}": names[before.final[flips]],
+            f"answer at {state.gate_text(t)}": names[now.final[flips]],
             "P(normal), stage 1": preds.p1[flips, ni],
         }
     )
@@ -83,7 +83,7 @@ ratio = c[1].number_input(
 for g in suggest_gates(s, target, ratio):
     row = st.columns([3, 1, 5, 1.2], vertical_alignment="center")
     row[0].markdown(f"**{g.title}**")
-    row[1].markdown("—" if g.threshold is None else f"`{g.threshold:.2f}`")
+    row[1].markdown("—" if g.threshold is None else f"`{state.gate_text(g.threshold)}`")
     row[2].caption(g.why)
     row[3].button(
         "Apply",
@@ -98,7 +98,10 @@ for g in suggest_gates(s, target, ratio):
 def _save(path: str, threshold: float, rule_value: str) -> None:
     try:
         save_gate(path, threshold, rule_value)
-        st.session_state[SAVE_RESULT_KEY] = ("ok", f"Saved gate {threshold:.2f} ({rule_value}) to `{path}`.")
+        st.session_state[SAVE_RESULT_KEY] = (
+            "ok",
+            f"Saved gate {state.gate_text(threshold)} ({rule_value}) to `{path}`.",
+        )
     except (CascadeError, OSError) as exc:
         st.session_state[SAVE_RESULT_KEY] = ("error", f"Could not save the gate: {exc}")
 
@@ -108,7 +111,7 @@ calibration_section.render(ctx, preds)
 st.subheader("Save")
 unchanged = abs(t - saved) < 1e-9 and rule is cfg.rule
 st.button(
-    f"Save gate {t:.2f} ({state.RULE_LABELS[rule.value]}) to the config",
+    f"Save gate {state.gate_text(t)} ({state.RULE_LABELS[rule.value]}) to the config",
     type="primary",
     disabled=unchanged,
     on_click=_save,
