@@ -11,6 +11,7 @@ from cascade.dataset import DatasetIndex, Item
 from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
+from dashboard.components import glossary
 from dashboard.resources import (
     AppContext,
     dataset_image,
@@ -68,36 +69,29 @@ def headline_metrics(preds: Predictions, normal_index: int, saved: float | None)
     t, _ = state.gate()
     points = gate_sweep(preds, normal_index, [t] if saved is None else [t, saved])
 
-    def delta(values: np.ndarray, pct: bool = True) -> str | None:
+    def delta(values: np.ndarray) -> str | None:
         if saved is None or abs(saved - t) < 1e-9 or not np.isfinite(values[1]):
             return None
-        d = values[0] - values[1]
-        return f"{100 * d:+.1f} pts vs saved" if pct else f"{d:+.3f}"
+        return glossary.delta_text(values[0], values[1])
 
     def fmt(v: float) -> str:
         return "n/a" if not np.isfinite(v) else f"{100 * v:.1f} %"
 
+    classes, normal = preds.classes, preds.classes[normal_index]
     cols = st.columns(4)
-    cols[0].metric("Accuracy", fmt(points.accuracy[0]), delta(points.accuracy))
-    cols[1].metric(
-        "Abnormal sensitivity",
-        fmt(points.abnormal_sensitivity[0]),
-        delta(points.abnormal_sensitivity),
-        help="Share of osteopenia/osteoporosis knees not called normal.",
-    )
-    cols[2].metric(
-        "Normal specificity",
-        fmt(points.normal_recall[0]),
-        delta(points.normal_recall),
-        help="Share of normal knees called normal.",
-    )
-    cols[3].metric(
-        "Sent to stage 2",
-        fmt(points.routed_share[0]),
-        delta(points.routed_share),
-        delta_color="inverse",
-        help="The compute the gate does not save: these images run both stages.",
-    )
+    for col, name, values, colour in (
+        (cols[0], glossary.ACCURACY, points.accuracy, "normal"),
+        (cols[1], glossary.ABNORMAL_SENSITIVITY, points.abnormal_sensitivity, "normal"),
+        (cols[2], glossary.NORMAL_RECALL, points.normal_recall, "normal"),
+        (cols[3], glossary.SENT_TO_STAGE2, points.routed_share, "inverse"),
+    ):
+        col.metric(
+            name.capitalize(),
+            fmt(values[0]),
+            delta(values),
+            delta_color=colour,
+            help=glossary.definition(name, classes, normal),
+        )
     st.caption(f"{len(preds)} images of '{preds.split}' at gate {t:.2f}.")
 
 
