@@ -51,7 +51,8 @@ now = decide_batch(preds.p1, preds.p2, ni, t, rule)
 
 def _open_in_dataset(event, why) -> None:
     """A chart selection (click or box) → the Dataset page showing exactly those images."""
-    points = getattr(getattr(event, "selection", None), "points", None) or []
+    selection = event.get("selection") if isinstance(event, dict) else None
+    points = (selection or {}).get("points") or []
     rels = _selected_rels(points)
     if rels:
         st.session_state.update(show_in_dataset(rels, why(points)))
