@@ -8,6 +8,7 @@ needed, with what to do about it, and the rest of the app keeps working.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -29,7 +30,14 @@ from cascade.errors import CascadeError, CheckpointError, ConfigError
 from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
-from cascade.predcache import Predictions, cache_key, cache_path, cached_predictions, load_predictions
+from cascade.predcache import (
+    Predictions,
+    cache_key,
+    cache_path,
+    compute_predictions,
+    load_predictions,
+    save_predictions,
+)
 from dashboard.state import ROOT, Sources, prediction_cache_dir, sources
 
 log = logging.getLogger(__name__)
@@ -248,7 +256,11 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Running both stages: {done} / {total} images")
 
-        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress)
+        # The key is known: computing and storing under it directly spares hashing both checkpoints again (a fixed
+        # cost of a few tenths of a second that ``cached_predictions`` pays to find the key).
+        found = compute_predictions(cascade, index.select(split), split, progress=progress)
+        preds = dataclasses.replace(found, key=key)
+        save_predictions(preds, cache_path(key, prediction_cache_dir()))
         bar.empty()
     if preds is not None:
         with lock:

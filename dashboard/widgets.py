@@ -41,20 +41,27 @@ def split_selector(index: DatasetIndex, label: str = "Split") -> str:
 
 
 def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions | None:
-    """The split's cached predictions, or a button that computes them (with a progress bar) once."""
+    """The split's cached predictions, or a button that computes them (with a progress bar) once.
+
+    After computing, the prompt is cleared and the predictions returned in the same run: no second script run.
+    """
     with failing_part("Predictions", stop=False):
         preds = split_predictions(ctx, split)
         if preds is not None:
             return preds
         n = len(ctx.need_index().select(split))
-        st.info(
-            f"The {n} images of '{split}' have not been run through the cascade yet. It is done once, then cached on "
-            "disk, so the gate can be moved freely afterwards.",
-            icon=":material/info:",
-        )
-        if st.button(f"Run both stages on '{split}'", key=key, type="primary", icon=":material/play_arrow:"):
-            split_predictions(ctx, split, compute=True)
-            st.rerun()  # draw the page again from the top, without this prompt
+        prompt = st.empty()
+        with prompt.container():
+            st.info(
+                f"The {n} images of '{split}' have not been run through the cascade yet. It is done once, then cached "
+                "on disk, so the gate can be moved freely afterwards.",
+                icon=":material/info:",
+            )
+            run = st.button(f"Run both stages on '{split}'", key=key, type="primary", icon=":material/play_arrow:")
+        if run:
+            preds = split_predictions(ctx, split, compute=True)
+            prompt.empty()
+            return preds
     return None
 
 
