@@ -78,3 +78,7 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.spec.arch}, {self.spec.resolution}px)"
+
+    def close(self) -> None:
+        """Free what the backend holds outside Python's reach (TensorRT's GPU buffers); a no-op for most."""
+        return None

@@ -1,7 +1,10 @@
 """Dataset index: an ImageFolder tree (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) as a flat table.
 
 The dashboard browses, filters and caches predictions by this index; it never serves a file that resolves outside the
-chosen root (symlinks included).
+chosen root (symlinks included). Containment is checked twice: when the folder is indexed and again when a file is
+read (:func:`read_item`), so a file swapped for a symlink out of the root after indexing is refused. Entries that are
+not regular files (FIFOs, sockets, devices, broken symlinks, symlink loops) are indexed as items with an ``error`` and
+never opened.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cascade.errors import ConfigError
-from cascade.images import is_image_file
+from cascade.errors import ConfigError, ImageReadError
+from cascade.images import is_image_file, read_image, special_file_reason
 
 SPLITS = ("train", "val", "test")
 NO_SPLIT = "all"
@@ -25,6 +28,8 @@ class Item:
     rel: str  # relative to the dataset root, forward slashes
     split: str
     label: str
+    error: str = ""  # set at index time for an entry that cannot be an image (a FIFO, a broken symlink, ...)
+    root: Path | None = None  # the dataset root it was indexed under: reads re-check containment against it
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,31 @@ class DatasetIndex:
         """Hash of the file list (paths, sizes, mtimes): cached predictions are valid while it does not change."""
         digest = hashlib.sha256()
         for it in self.select(split):
-            st = it.path.stat()
-            digest.update(f"{it.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(it.path)
+                digest.update(f"{it.rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+            except OSError as exc:  # a broken link or a removed file: part of the identity, not a crash
+                digest.update(f"{it.rel}\0{exc.errno}\n".encode())
         return digest.hexdigest()[:16]
 
     def resolve(self, rel: str) -> Path:
         """The absolute path of ``rel`` inside the root; refuses anything that escapes it."""
         return safe_join(self.root, rel)
+
+    def read(self, rel: str):
+        """Read the image at ``rel`` (2-D uint8), resolving and confining it to the root at this moment."""
+        try:
+            path = self.resolve(rel)
+        except ConfigError as exc:
+            raise ImageReadError(str(exc)) from exc
+        return read_image(path, root=self.root)
+
+
+def read_item(item: Item):
+    """Read an indexed item: its index-time error, or the file re-checked against its root right before reading."""
+    if item.error:
+        raise ImageReadError(item.error)
+    return read_image(item.path, root=item.root)
 
 
 def safe_join(root: Path, rel: str) -> Path:
@@ -71,7 +94,11 @@ def safe_join(root: Path, rel: str) -> Path:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    try:
+        found = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError as exc:
+        raise ConfigError(f"cannot list the dataset folder '{folder}': {exc.strerror or exc}") from exc
+    return sorted(found, key=lambda d: d.name)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -80,6 +107,17 @@ def _files(folder: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
     return found
+
+
+def _escapes(f: Path, base: Path) -> bool:
+    """True for a symlink whose target lies outside ``base`` (never indexed); loops and broken links do not escape."""
+    if not f.is_symlink():
+        return False
+    try:
+        target = f.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return False
+    return target != f.absolute() and base not in target.parents
 
 
 def index_dataset(root: str | os.PathLike) -> DatasetIndex:
@@ -98,9 +136,11 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
         for cdir in _class_dirs(folder):
             classes.add(cdir.name)
             for f in _files(cdir):
-                if f.resolve() != f.absolute() and base not in f.resolve().parents:
+                if _escapes(f, base):
                     continue  # a symlink out of the root is never indexed
-                items.append(Item(f, f.relative_to(base).as_posix(), split, cdir.name))
+                rel = f.relative_to(base).as_posix()
+                reason = special_file_reason(f)
+                items.append(Item(f, rel, split, cdir.name, f"'{rel}' {reason}" if reason else "", base))
     if not items:
         raise ConfigError(
             f"no images found in '{base}'; expected ImageFolder layout root/[train|val|test/]<class>/<image>"
@@ -109,7 +149,11 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
 
 
 def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
-    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run."""
+    """Files as given, and image files under folders (recursive, sorted): the inputs of a command-line run.
+
+    Nothing is opened here: special files (FIFOs, sockets, devices, broken links) are listed as given and refused by
+    the reader (:func:`cascade.images.special_file_reason`), so each gets its row with the reason.
+    """
     for raw in paths:
         p = Path(raw)
         if p.is_dir():

@@ -74,7 +74,7 @@ class Cascade:
         """Preprocess grayscale images for one stage and run it."""
         backend = self.backend(stage)
         start = time.perf_counter()
-        batch = preprocess_batch(images, backend.spec.resolution)
+        batch = preprocess_batch(images, backend.spec.resolution, backend.spec.preprocess)
         if with_cams:
             probs, cams = backend.predict_with_cams(batch)
         else:

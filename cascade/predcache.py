@@ -4,7 +4,8 @@ Stage 2 is run on every image (not only the routed ones), so moving the gate lat
 is keyed by what determines its content: the sha256 of both checkpoints, the backends that ran them (FP16 engines give
 slightly different numbers), the classes and the split's file list (paths, sizes, mtimes). Any change gives a new key,
 so a stale entry is never read. Entries are ``.npz`` files written atomically (a crash leaves no half file), read
-without pickle.
+without pickle, and validated on load (shapes, finite probabilities whose rows sum to 1, labels within range): an
+entry that fails is discarded and recomputed, and the recomputed :class:`Predictions` carries a ``notice`` saying so.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from cascade.dataset import DatasetIndex, Item
+from cascade.dataset import DatasetIndex, Item, read_item
 from cascade.errors import CascadeError
 from cascade.fileio import file_sha256, write_atomic
-from cascade.images import read_image
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "predictions"
 _FORMAT = 1
@@ -48,6 +48,7 @@ class Predictions:
     split: str
     failed: tuple[tuple[str, str], ...] = ()  # (rel, reason) of images that could not be read
     key: str = ""
+    notice: str = ""  # set when a cached entry was found invalid and these were recomputed in its place
 
     def __len__(self) -> int:
         return len(self.rels)
@@ -66,12 +67,14 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
 
 
 def model_identity(backend) -> str:
-    """Content hash of the file a stage runs from: its checkpoint, or its ONNX file where there is no checkpoint."""
+    """Content hashes of the files a stage's answers come from: its checkpoint (where there is one) and the file the
+    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch)."""
     spec = backend.spec
-    for path in (spec.checkpoint_path, spec.onnx_path):
-        if path.is_file():
-            return f"{path.name}:{file_sha256(path)}"
-    raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor {spec.onnx_path.name}")
+    ran = getattr(backend, "model_file", None)
+    files = [p for p in (spec.checkpoint_path, ran) if p is not None and Path(p).is_file()]
+    if not files:
+        raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor a model file it runs")
+    return "+".join(f"{Path(p).name}:{file_sha256(p)}" for p in files)
 
 
 def cache_key(cascade, index: DatasetIndex, split: str) -> str:
@@ -115,17 +118,46 @@ def save_predictions(preds: Predictions, path: str | os.PathLike) -> None:
     write_atomic(target, buf.getvalue())
 
 
-def load_predictions(path: str | os.PathLike) -> Predictions | None:
-    """Read an entry; None when it is absent, unreadable or of another format (the caller recomputes)."""
+#: How far a row of probabilities may sum from 1 (float32 softmax rows are within ~1e-6).
+ROW_SUM_TOLERANCE = 1e-3
+
+
+def validation_problem(preds: Predictions) -> str | None:
+    """What is wrong with an entry's content, or None: the checks every entry passes before it is used."""
+    n, c = len(preds.rels), len(preds.classes)
+    if c < 2:
+        return f"it lists {c} class(es)"
+    for name in ("p1", "p2"):
+        arr = getattr(preds, name)
+        if arr.ndim != 2 or arr.shape != (n, c):
+            return f"{name} has shape {arr.shape}, expected ({n}, {c})"
+        if not np.issubdtype(arr.dtype, np.floating):
+            return f"{name} holds {arr.dtype}, not probabilities"
+        if not np.all(np.isfinite(arr)):
+            return f"{name} holds non-finite values"
+        if n and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
+            return f"{name} holds values outside [0, 1]"
+        if n and np.abs(arr.sum(axis=1) - 1).max() > ROW_SUM_TOLERANCE:
+            return f"{name} has rows that do not sum to 1"
+    labels = preds.labels
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        return f"labels have shape {labels.shape} and type {labels.dtype}, expected {n} integers"
+    if n and (labels.min() < 0 or labels.max() >= c):
+        return f"labels lie outside 0..{c - 1}"
+    return None
+
+
+def inspect_entry(path: str | os.PathLike) -> tuple[Predictions | None, str]:
+    """Read and validate an entry: ``(predictions, "")``, or ``(None, reason)`` ("" when there is no entry)."""
     p = Path(path)
     if not p.is_file():
-        return None
+        return None, ""
     try:
         with np.load(p, allow_pickle=False) as npz:
             if int(npz["format"]) != _FORMAT:
-                return None
+                return None, f"it has format {int(npz['format'])}, not {_FORMAT}"
             failed = tuple(zip(npz["failed_rels"].tolist(), npz["failed_why"].tolist(), strict=True))
-            return Predictions(
+            preds = Predictions(
                 p1=npz["p1"],
                 p2=npz["p2"],
                 labels=npz["labels"],
@@ -135,8 +167,15 @@ def load_predictions(path: str | os.PathLike) -> Predictions | None:
                 failed=failed,
                 key=str(npz["key"]),
             )
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        return None, f"it cannot be read ({type(exc).__name__}: {exc})"
+    problem = validation_problem(preds)
+    return (None, problem) if problem else (preds, "")
+
+
+def load_predictions(path: str | os.PathLike) -> Predictions | None:
+    """Read an entry; None when it is absent, unreadable, of another format or invalid (the caller recomputes)."""
+    return inspect_entry(path)[0]
 
 
 @dataclass(frozen=True)
@@ -196,7 +235,7 @@ def compute_predictions(
     classes = tuple(cascade.classes)
     labels_all = label_indices(items, classes)
     p1s, p2s, keep, failed = [], [], [], []
-    for batch in iter_predictions(cascade, items, lambda it: read_image(it.path), batch_size):
+    for batch in iter_predictions(cascade, items, read_item, batch_size):
         p1s.append(batch.p1)
         p2s.append(batch.p2)
         keep.extend(batch.ok)
@@ -226,10 +265,15 @@ def cached_predictions(
     """A split's predictions: read from the cache when its key matches, else computed once and stored."""
     key = cache_key(cascade, index, split)
     path = cache_path(key, cache_dir)
-    found = load_predictions(path)
-    if found is not None and found.key == key:
+    found, problem = inspect_entry(path)
+    if found is not None and found.key != key:
+        found, problem = None, "it belongs to another key"
+    elif found is not None and found.classes != tuple(cascade.classes):
+        found, problem = None, f"its classes {list(found.classes)} are not the models' {list(cascade.classes)}"
+    if found is not None:
         return found
     preds = compute_predictions(cascade, index.select(split), split, batch_size, progress)
-    preds = Predictions(preds.p1, preds.p2, preds.labels, preds.rels, preds.classes, split, preds.failed, key)
+    notice = f"The cached predictions '{path.name}' were discarded and recomputed: {problem}." if problem else ""
+    preds = Predictions(preds.p1, preds.p2, preds.labels, preds.rels, preds.classes, split, preds.failed, key, notice)
     save_predictions(preds, path)
     return preds

@@ -81,7 +81,13 @@ def _stamp(path: Path) -> str:
     return f"{info.st_mtime_ns}:{info.st_size}"
 
 
-@st.cache_resource(show_spinner="Loading the models…", max_entries=4)
+def _release_cascade(cascade: Cascade) -> None:
+    """On eviction: free GPU buffers inside their CUDA context now, not at some garbage collection in another thread."""
+    for stage in (1, 2):
+        cascade.backend(stage).close()
+
+
+@st.cache_resource(show_spinner="Loading the models…", max_entries=4, on_release=_release_cascade)
 def _open_cascade(stage1: str, stage2: str, normal_label: str, backend: str, token: str) -> Cascade:
     """Both stages, once per process for a given set of folders and files (``token`` changes with the files)."""
     from engines.select import open_cascade
@@ -388,7 +394,7 @@ def _cams(
     from cascade.preprocess import preprocess_batch
 
     backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
+    batch = preprocess_batch([_image], backend.spec.resolution, backend.spec.preprocess)
     if method == "fast" and backend.supports_cams:
         start = time.perf_counter()
         probs, raw = backend.predict_with_cams(batch)
@@ -423,7 +429,7 @@ def _faithfulness(
     from cascade.preprocess import preprocess_batch
 
     backend = _cascade.backend1 if stage == 1 else _cascade.backend2
-    batch = preprocess_batch([_image], backend.spec.resolution)
+    batch = preprocess_batch([_image], backend.spec.resolution, backend.spec.preprocess)
     model = _explainer(_cascade, token, stage).model
     return float(faithfulness(model, batch, _cam[None], np.array([cls]), metric)[0])
 

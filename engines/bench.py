@@ -146,8 +146,8 @@ def open_backends(model_dir: Path, kinds: Sequence[str]) -> tuple[dict[str, Back
 def stage_rows(stage: str, backends: dict[str, Backend], images: list, repeats: int, batch: int) -> list[StageRow]:
     rows = []
     for name, backend in backends.items():
-        one = preprocess_batch(images[:1], backend.spec.resolution)
-        many = preprocess_batch((images * batch)[:batch], backend.spec.resolution)
+        one = preprocess_batch(images[:1], backend.spec.resolution, backend.spec.preprocess)
+        many = preprocess_batch((images * batch)[:batch], backend.spec.resolution, backend.spec.preprocess)
         latency = Timing.of(time_calls(lambda b=backend, x=one: b.predict(x), repeats))
         per_batch = statistics.median(time_calls(lambda b=backend, x=many: b.predict(x), max(1, repeats // 6), 1))
         rows.append(StageRow(name, stage, latency, batch / per_batch))
@@ -191,7 +191,7 @@ def cam_rows(model_dirs: Sequence[Path], backends: list[dict[str, Backend]], rep
             path = export_probabilities_only(model, spec.resolution, Path(scratch) / f"stage{i + 1}.onnx")
             plain.append(OnnxRuntimeBackend(spec, read_onnx_info(path)))
             grad.append(GradCamStage(spec, model, device))
-            inputs.append(preprocess_batch([image], spec.resolution))
+            inputs.append(preprocess_batch([image], spec.resolution, spec.preprocess))
         names = [n for n in backends[0] if all(n in b and b[n].supports_cams for b in backends)]
         rows = []
         for name in names:

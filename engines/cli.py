@@ -27,7 +27,7 @@ from cascade.errors import CascadeError
 from cascade.fileio import write_atomic
 from cascade.images import read_image
 from cascade.predcache import iter_predictions
-from engines.export import DEFAULT_OPSET, export_onnx
+from engines.export import DEFAULT_OPSET, JETSON_OPSET, export_onnx
 from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
 
@@ -35,28 +35,32 @@ SOME_FILES_FAILED = 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    result = export_onnx(args.model_dir, opset=args.opset, verify=not args.no_verify)
-    outputs = "output_0 + cam_0 (fast CAM)" if result.has_cams else "output_0 only (no GAP+Linear head: no fast CAM)"
+    result = export_onnx(args.model_dir, opset=args.opset, verify=not args.no_verify, jetson=args.jetson)
     parity = "not checked" if result.max_abs_diff is None else f"max |Δ| vs PyTorch {result.max_abs_diff:.1e}"
-    print(f"wrote {result.path} ({outputs}; opset {args.opset}; {parity}; {result.seconds:.1f} s)")
+    if args.jetson:
+        outputs = "for jetson-inference's imageNet: input_0 1×3×R×R → output_0 softmax, batch 1"
+    elif result.has_cams:
+        outputs = "output_0 + cam_0 (fast CAM)"
+    else:
+        outputs = "output_0 only (no GAP+Linear head: no fast CAM)"
+    print(f"wrote {result.path} ({outputs}; opset {result.opset}; {parity}; {result.seconds:.1f} s)")
+    if args.jetson:
+        folder = result.path.parent
+        print(
+            f"on the Jetson: imagenet --model={folder}/{result.path.name} --labels={folder}/labels.txt "
+            "--input_blob=input_0 --output_blob=output_0 IMAGE"
+        )
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from engines.engine_cache import EngineTarget
-    from engines.export import ensure_onnx
-    from engines.hardware import detect_gpu
-    from engines.onnx_file import folder_spec
-    from engines.trt_build import build_engine, default_precision, import_tensorrt
+    from engines.trt_build import build_stage_engine
 
-    trt = import_tensorrt()
-    gpu = detect_gpu()  # checked before TensorRT's runtime is touched: it crashes where there is no GPU
-    if gpu is None:
-        raise CascadeError("no CUDA GPU found: TensorRT engines can only be built on the GPU that will run them")
-    info, note = ensure_onnx(folder_spec(args.model_dir))
-    print(note, file=sys.stderr)
-    target = EngineTarget(str(trt.__version__), gpu, args.precision or default_precision(gpu))
-    result = build_engine(info.path, info, target, args.max_batch, args.workspace_mb, trt, args.verbose)
+    def progress(message: str, fraction: float) -> None:
+        print(f"[{100 * fraction:3.0f}%] {message}", file=sys.stderr)
+
+    a = args
+    result = build_stage_engine(a.model_dir, a.precision, progress, a.max_batch, a.workspace_mb, a.verbose)
     print(f"wrote {result.path} ({result.manifest['effective_precision']}, {result.seconds:.1f} s)")
     return 0
 
@@ -149,9 +153,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="python -m engines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help="write <arch>.onnx (input_0 → output_0 [+ cam_0]) into the model folder")
+    p = sub.add_parser(
+        "export", help="write <arch>.cascade.onnx (input_0 → output_0 [+ cam_0]), or with --jetson <arch>.onnx"
+    )
     p.add_argument("model_dir", help="jetson-inference model folder with model_best.pth.tar and labels.txt")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    p.add_argument(
+        "--jetson",
+        action="store_true",
+        help="write <arch>.onnx for jetson-inference's imageNet instead (batch 1, output_0 only, weights inside)",
+    )
+    p.add_argument(
+        "--opset", type=int, default=None, help=f"ONNX opset (default: {DEFAULT_OPSET}; {JETSON_OPSET} with --jetson)"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.set_defaults(func=cmd_export)
 

@@ -8,7 +8,7 @@ file under a name that says both, plus the precision::
 
 The manifest records what the engine was built from (checkpoint and ONNX sha256, opset), how (precision, TensorRT
 version, GPU), and when. An engine whose manifest is missing or disagrees with the present ONNX file, TensorRT
-version, GPU or precision is stale or foreign: it is rebuilt, never used.
+version, GPU or precision is stale or foreign: never used (``python -m engines build`` replaces it).
 
 jetson-inference caches its engines as ``<model>.onnx.<maxBatch>.<gpuFallback>.<NV_TENSORRT_VERSION>.<device>.
 <precision>.engine`` with a ``<model>.onnx.sha256sum`` beside it. Such a file is recognised and used only when its
@@ -29,7 +29,7 @@ from cascade.fileio import file_sha256, write_atomic
 from engines.hardware import GpuInfo
 from engines.onnx_file import OnnxInfo
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: "fp32" engines are built with TF32 off; format-1 ones were TF32 and are not used
 MANIFEST_SUFFIX = ".manifest.json"
 #: manifest fields that must equal the present situation for an engine to be used
 IDENTITY_KEYS = ("onnx_sha256", "tensorrt", "gpu", "compute_capability", "precision")
@@ -55,7 +55,7 @@ class EngineTarget:
 @dataclass(frozen=True)
 class EnginePlan:
     path: Path
-    build: bool  # True: no usable engine exists; build one at ``path``
+    build: bool  # True: no usable engine exists; ``python -m engines build`` would write one at ``path``
     reason: str
 
 
@@ -203,7 +203,7 @@ def jetson_engine_problem(engine: JetsonEngine, onnx_path: str | os.PathLike, ta
 
 
 def plan_engine(onnx_path: str | os.PathLike, target: EngineTarget) -> EnginePlan:
-    """Use our cached engine if it matches, else a matching jetson-inference engine, else build a new one."""
+    """Our cached engine if it matches, else a matching jetson-inference engine, else where to build one."""
     ours = engine_path(onnx_path, target)
     problem = engine_problem(ours, expected_identity(onnx_path, target))
     if problem is None:
@@ -215,4 +215,4 @@ def plan_engine(onnx_path: str | os.PathLike, target: EngineTarget) -> EnginePla
             return EnginePlan(jetson.path, False, f"jetson-inference engine {jetson.path.name}")
         rejected.append(why_not)
     notes = "; ".join([problem, *rejected])
-    return EnginePlan(ours, True, f"building {ours.name} ({notes})")
+    return EnginePlan(ours, True, f"no engine for this GPU and precision ({notes})")

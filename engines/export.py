@@ -1,9 +1,14 @@
-"""ONNX export of a stage, with the exact fast-CAM output, stamped so a stale export is noticed and redone.
+"""ONNX exports of a stage, stamped with the checkpoint's sha256 so a stale export is noticed.
 
-The file is ``<arch>.onnx`` in the model folder with jetson-inference's names: input ``input_0`` (N×3×R×R, dynamic
-batch) and output ``output_0`` (softmax probabilities), so jetson-inference's imageNet loads it too. For a global
-average pool + Linear head it has a second output ``cam_0`` (N×C×h×w, every class), computed in the same forward pass
-by :class:`cascade.explain.CamModel` (Grad-CAM at the last post-activation feature map, up to a positive scale).
+Two exports, under two names (``engines.onnx_file``):
+
+- ``<arch>.cascade.onnx``, this project's: input ``input_0`` (N×3×R×R, dynamic batch), output ``output_0`` (softmax
+  probabilities) and, for a global average pool + Linear head, ``cam_0`` (N×C×h×w, every class), computed in the same
+  forward pass by :class:`cascade.fastcam.CamModel` (Grad-CAM at the last post-activation feature map, up to a
+  positive scale). Exported automatically when missing and re-exported when stale.
+- ``<arch>.onnx`` with ``--jetson``: what jetson-inference's imageNet loads, as its ``onnx_export.py`` writes it:
+  model + Softmax, fixed batch 1, ``input_0`` 1×3×R×R → ``output_0`` 1×C, weights inside the file. Written only
+  when asked: a folder's jetson file is never replaced behind its owner's back.
 
 We use the TorchScript ("legacy", ``dynamo=False``) exporter: for these CNNs it gives a clean graph (Conv/Relu/Pool,
 one Einsum for the CAMs) with a symbolic batch dimension, in a second or two, and needs no onnxscript package, which
@@ -29,19 +34,24 @@ from cascade.fastcam import CamModel, fast_cam_supported
 from cascade.fileio import atomic_path, file_sha256
 from engines.onnx_file import (
     CAMS_NAME,
+    CASCADE_FORMAT,
     EXPORTER_KEY,
+    FORMAT_KEY,
     INPUT_NAME,
+    JETSON_FORMAT,
     PROBS_NAME,
     OnnxInfo,
     check_matches_spec,
-    find_onnx,
+    onnx_files,
     read_onnx_info,
 )
 
 DEFAULT_OPSET = 17  # read by onnxruntime 1.31 and by TensorRT 10 and 11's ONNX parsers
+#: --jetson: an opset every JetPack's TensorRT (7.1 and later) parses; these CNNs need nothing newer
+JETSON_OPSET = 11
 EXPORTER = "knee-cascade engines.export"
 #: bump when the exported graph changes, so that older exports count as stale and are redone
-EXPORTER_VERSION = "1"
+EXPORTER_VERSION = "2"  # 2: own file name (.cascade.onnx) and a format key
 PARITY_TOLERANCE = 1e-4
 
 _path_locks: dict[Path, threading.Lock] = {}
@@ -58,6 +68,7 @@ class ExportResult:
     has_cams: bool
     seconds: float
     max_abs_diff: float | None  # against PyTorch in ONNX Runtime; None when onnxruntime is not installed
+    opset: int = DEFAULT_OPSET
 
 
 def _lock_for(path: Path) -> threading.Lock:
@@ -72,10 +83,14 @@ def export_module(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME]
 
 
-def export_metadata(spec: StageSpec, source_sha256: str, opset: int, has_cams: bool) -> dict[str, str]:
+def export_metadata(
+    spec: StageSpec, source_sha256: str, opset: int, has_cams: bool, fmt: str = CASCADE_FORMAT
+) -> dict[str, str]:
     """The stamp written into ``metadata_props``: enough to tell whether the export still matches its checkpoint."""
     return {
         EXPORTER_KEY: EXPORTER,
+        FORMAT_KEY: fmt,
+        "preprocess": spec.preprocess,
         "exporter_version": EXPORTER_VERSION,
         "torch_version": torch.__version__,
         "source_checkpoint": spec.checkpoint_path.name,
@@ -88,9 +103,11 @@ def export_metadata(spec: StageSpec, source_sha256: str, opset: int, has_cams: b
     }
 
 
-def _torch_export(module: nn.Module, outputs: list[str], resolution: int, opset: int, dest: Path) -> None:
+def _torch_export(
+    module: nn.Module, outputs: list[str], resolution: int, opset: int, dest: Path, dynamic_batch: bool = True
+) -> None:
     dummy = torch.zeros(1, 3, resolution, resolution)
-    dynamic = {name: {0: "N"} for name in [INPUT_NAME, *outputs]}
+    dynamic = {name: {0: "N"} for name in [INPUT_NAME, *outputs]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy exporter": chosen on purpose
         torch.onnx.export(
@@ -135,14 +152,14 @@ def parity(module: nn.Module, path: Path, batch: np.ndarray) -> float:
     return worst
 
 
-def _verify(module: nn.Module, path: Path, spec: StageSpec) -> float | None:
-    """ONNX Runtime vs PyTorch on a random batch of two; None when onnxruntime is not installed."""
+def _verify(module: nn.Module, path: Path, spec: StageSpec, batch_size: int = 2) -> float | None:
+    """ONNX Runtime vs PyTorch on two random images (a batch of two, or two of one); None without onnxruntime."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
     batch = np.random.default_rng(0).standard_normal((2, 3, spec.resolution, spec.resolution)).astype(np.float32)
-    diff = parity(module, path, batch)
+    diff = max(parity(module, path, batch[i : i + batch_size]) for i in range(0, 2, batch_size))
     if diff > PARITY_TOLERANCE:
         raise ExportError(
             f"the ONNX export of {spec.model_dir} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}); "
@@ -151,25 +168,34 @@ def _verify(module: nn.Module, path: Path, spec: StageSpec) -> float | None:
     return diff
 
 
-def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify: bool = True) -> ExportResult:
-    """Export a model folder's checkpoint to ``<arch>.onnx`` beside it (atomically) and check the result.
+def export_onnx(
+    model_dir: str | os.PathLike, opset: int | None = None, verify: bool = True, jetson: bool = False
+) -> ExportResult:
+    """Export a model folder's checkpoint beside it (atomically) and check the result.
 
-    ``verify`` compares ONNX Runtime's outputs with PyTorch's on a random batch of two (which also exercises the
-    dynamic batch) and refuses a file that differs by more than 1e-4.
+    ``jetson``: jetson-inference's ``<arch>.onnx`` (fixed batch 1, probabilities only, opset 11 by default), else
+    this project's ``<arch>.cascade.onnx`` (dynamic batch, ``cam_0`` where the head allows it, opset 17).
+    ``verify`` compares ONNX Runtime's outputs with PyTorch's on two random images (as a batch of two for the dynamic
+    export) and refuses a file that differs by more than 1e-4.
     """
     start = time.perf_counter()
     spec, model = load_stage(model_dir)
-    dest = spec.onnx_path
-    module, outputs = export_module(model)
-    meta = export_metadata(spec, file_sha256(spec.checkpoint_path), opset, CAMS_NAME in outputs)
+    if jetson:
+        dest, opset = spec.jetson_onnx_path, opset or JETSON_OPSET
+        module, outputs = nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME]
+    else:
+        dest, opset = spec.onnx_path, opset or DEFAULT_OPSET
+        module, outputs = export_module(model)
+    fmt = JETSON_FORMAT if jetson else CASCADE_FORMAT
+    meta = export_metadata(spec, file_sha256(spec.checkpoint_path), opset, CAMS_NAME in outputs, fmt)
     diff = None
     with _lock_for(dest):
         try:
             with atomic_path(dest) as tmp:
-                _torch_export(module, outputs, spec.resolution, opset, tmp)
+                _torch_export(module, outputs, spec.resolution, opset, tmp, dynamic_batch=not jetson)
                 _stamp(tmp, meta)
                 if verify:
-                    diff = _verify(module, tmp, spec)
+                    diff = _verify(module, tmp, spec, batch_size=1 if jetson else 2)
         except ExportError:
             raise
         except OSError as exc:
@@ -178,7 +204,7 @@ def export_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, verify
             raise ExportError(
                 f"ONNX export of {spec.arch} in {spec.model_dir} failed: {type(exc).__name__}: {exc}"
             ) from exc
-    return ExportResult(dest, CAMS_NAME in outputs, time.perf_counter() - start, diff)
+    return ExportResult(dest, CAMS_NAME in outputs, time.perf_counter() - start, diff, opset)
 
 
 def export_probabilities_only(
@@ -194,7 +220,10 @@ def export_probabilities_only(
 
 
 def stale_reason(info: OnnxInfo, spec: StageSpec) -> str | None:
-    """Why one of our exports no longer matches its folder (None: it does). jetson-inference files are never stale."""
+    """Why one of our exports no longer matches its folder (None: it does).
+
+    Only our stamped files can be judged so; jetson-inference's unstamped ones are probed (``engines.identity``).
+    """
     if not info.ours:
         return None
     meta = info.metadata
@@ -210,24 +239,37 @@ def stale_reason(info: OnnxInfo, spec: StageSpec) -> str | None:
 
 
 def ensure_onnx(spec: StageSpec, opset: int = DEFAULT_OPSET) -> tuple[OnnxInfo, str]:
-    """The folder's ONNX file, exported first if missing or stale; and a note saying which happened.
+    """The ONNX file a stage runs, known to be its checkpoint's; and a note saying how that is known.
 
-    A file that cannot be parsed raises BackendError rather than being overwritten: it may be someone's only copy.
+    Ours (``<arch>.cascade.onnx``) first: exported when missing, re-exported when stale. Else the folder's
+    jetson-inference file, used only when its stamp matches or (unstamped) it passes the probe against the checkpoint
+    (``engines.identity``); a mismatch raises OnnxIdentityError, and jetson's file is never rewritten here. A file
+    that cannot be parsed raises BackendError rather than being overwritten: it may be someone's only copy.
     """
-    path = find_onnx(spec.model_dir, spec.arch)
-    if path is None:
-        if not spec.checkpoint_path.is_file():
-            raise BackendError(f"'{spec.model_dir}' has no ONNX file and no checkpoint to export one from")
-        export_onnx(spec.model_dir, opset)
-        return read_onnx_info(spec.onnx_path), f"exported {spec.onnx_path.name} (there was none)"
-    info = read_onnx_info(path)
-    reason = stale_reason(info, spec)
-    if reason is not None and spec.checkpoint_path.is_file():
-        export_onnx(spec.model_dir, opset)
-        return read_onnx_info(spec.onnx_path), f"re-exported {spec.onnx_path.name}: {reason}"
-    check_matches_spec(info, spec)
-    if reason is not None:
-        return info, f"{path.name} used as it is ({reason}, and there is no checkpoint to export again)"
-    if not info.ours:
-        return info, f"{path.name} from jetson-inference, used as it is"
-    return info, f"{path.name} up to date"
+    from engines.identity import confirm_identity
+
+    ours, jetson = onnx_files(spec.model_dir, spec.arch)
+    has_checkpoint = spec.checkpoint_path.is_file()
+    if ours is not None:
+        info = read_onnx_info(ours)
+        reason = stale_reason(info, spec)
+        if reason is not None and has_checkpoint:
+            export_onnx(spec.model_dir, opset)
+            return read_onnx_info(spec.onnx_path), f"re-exported {spec.onnx_path.name}: {reason}"
+        check_matches_spec(info, spec)
+        if reason is not None:
+            return info, f"{ours.name} used as it is ({reason}, and there is no checkpoint to export again)"
+        return info, f"{ours.name} up to date"
+    older = ""
+    if jetson is not None:
+        info = read_onnx_info(jetson)
+        if info.jetson_layout:
+            check_matches_spec(info, spec)
+            if not has_checkpoint:
+                return info, f"{jetson.name} used as it is (the folder has no checkpoint to check it against)"
+            return info, confirm_identity(info, spec, stale_reason(info, spec))
+        older = f"; {jetson.name}, an older export of this project, left as it is"
+    if not has_checkpoint:
+        raise BackendError(f"'{spec.model_dir}' has no ONNX file and no checkpoint to export one from")
+    export_onnx(spec.model_dir, opset)
+    return read_onnx_info(spec.onnx_path), f"exported {spec.onnx_path.name} (there was none){older}"

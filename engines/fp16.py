@@ -28,10 +28,16 @@ def to_mixed_fp16(onnx_path: str | os.PathLike, dest: str | os.PathLike) -> Path
     import onnx
 
     model = onnx.load(str(onnx_path))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will be truncated to.*")  # tiny weights rounded to fp16's range
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    onnx.checker.check_model(converted)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*will be truncated to.*")  # tiny weights rounded to fp16
+            converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001  (onnx.checker.ValidationError, or the converter's own failures)
+        raise BackendError(
+            f"the mixed-FP16 conversion of {Path(onnx_path).name} failed ({type(exc).__name__}: {exc}); "
+            "build with --precision fp32"
+        ) from exc
     out = Path(dest)
     onnx.save(converted, str(out))
     return out

@@ -1,8 +1,12 @@
 """What an ONNX file in a model folder says about itself: inputs, outputs, our export stamp, and the stage it serves.
 
 Both our exports and jetson-inference's are read here. Ours carry ``metadata_props`` (see ``engines.export``); a
-jetson-inference file carries none and is taken as it is: ``input_0`` N×3×R×R (often a fixed batch of 1) and
-``output_0`` softmax probabilities, with no ``cam_0``.
+jetson-inference file carries none: ``input_0`` N×3×R×R (often a fixed batch of 1) and ``output_0`` softmax
+probabilities, with no ``cam_0``; it is used only once verified against the checkpoint (``engines.identity``).
+
+File names keep the two apart: ``<arch>.onnx`` is jetson-inference's (written by its ``onnx_export.py`` or by
+``python -m engines export --jetson``), ``<arch>.cascade.onnx`` this project's own (dynamic batch, ``cam_0``), which
+automatic exports write, so they never overwrite or stand in for a file a Jetson loads.
 """
 
 from __future__ import annotations
@@ -11,14 +15,27 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade.checkpoint import BEST_NAME, LABELS_NAME, StageSpec, read_labels, stage_spec_from
+from cascade.checkpoint import (
+    BEST_NAME,
+    LABELS_NAME,
+    PREPROCESS_NAME,
+    StageSpec,
+    read_labels,
+    read_preprocess,
+    stage_spec_from,
+)
 from cascade.errors import BackendError
+from cascade.preprocess import DEFAULT_MODE, check_mode
 
 INPUT_NAME = "input_0"
 PROBS_NAME = "output_0"
 CAMS_NAME = "cam_0"
 #: metadata_props key that marks a file as exported by this project
 EXPORTER_KEY = "exporter"
+#: metadata_props key saying which of our two exports a file is
+FORMAT_KEY = "format"
+CASCADE_FORMAT, JETSON_FORMAT = "cascade", "jetson"
+CASCADE_SUFFIX = ".cascade.onnx"
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,11 @@ class OnnxInfo:
     def ours(self) -> bool:
         """Exported by ``engines.export`` (so it can be checked for staleness), rather than by jetson-inference."""
         return EXPORTER_KEY in self.metadata
+
+    @property
+    def jetson_layout(self) -> bool:
+        """A file for jetson-inference's imageNet: its own export, or ours made with ``--jetson``."""
+        return not self.ours or self.metadata.get(FORMAT_KEY) == JETSON_FORMAT
 
     @property
     def input(self) -> TensorInfo:
@@ -104,13 +126,31 @@ def read_onnx_info(path: str | os.PathLike) -> OnnxInfo:
     )
 
 
-def find_onnx(model_dir: str | os.PathLike, arch: str | None = None) -> Path | None:
-    """``<arch>.onnx`` in the folder, else its only ``*.onnx`` file (jetson's own name for it), else None."""
+def onnx_files(model_dir: str | os.PathLike, arch: str | None = None) -> tuple[Path | None, Path | None]:
+    """(this project's ``<arch>.cascade.onnx``, jetson-inference's ``<arch>.onnx``) where present.
+
+    Without ``<arch>`` names, the folder's only file of each kind counts (an engine-only folder, or jetson's file
+    saved under another name).
+    """
     folder = Path(model_dir)
-    if arch and (folder / f"{arch}.onnx").is_file():
-        return folder / f"{arch}.onnx"
-    candidates = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))
-    return candidates[0] if len(candidates) == 1 else None
+    visible = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith(".") and p.is_file())
+    ours_all = [p for p in visible if p.name.endswith(CASCADE_SUFFIX)]
+    jetson_all = [p for p in visible if not p.name.endswith(CASCADE_SUFFIX)]
+
+    def pick(named: Path | None, found: list[Path]) -> Path | None:
+        if named is not None and named.is_file():
+            return named
+        return found[0] if len(found) == 1 else None
+
+    ours = pick(folder / f"{arch}{CASCADE_SUFFIX}" if arch else None, ours_all)
+    jetson = pick(folder / f"{arch}.onnx" if arch else None, jetson_all)
+    return ours, jetson
+
+
+def find_onnx(model_dir: str | os.PathLike, arch: str | None = None) -> Path | None:
+    """The ONNX file a stage runs: ours (``.cascade.onnx``) where present, else jetson-inference's, else None."""
+    ours, jetson = onnx_files(model_dir, arch)
+    return ours or jetson
 
 
 def folder_spec(model_dir: str | os.PathLike) -> StageSpec:
@@ -127,8 +167,9 @@ def folder_spec(model_dir: str | os.PathLike) -> StageSpec:
     classes = read_labels(folder / LABELS_NAME)
     if info.resolution is None:
         raise BackendError(f"'{onnx_path}' has no fixed input resolution ({info.input.shape}); cannot feed it")
-    arch = info.metadata.get("arch") or onnx_path.stem
-    return StageSpec(arch, classes, int(info.resolution), folder)
+    arch = info.metadata.get("arch") or onnx_path.name.removesuffix(CASCADE_SUFFIX).removesuffix(".onnx")
+    preprocess = read_preprocess(folder) if (folder / PREPROCESS_NAME).is_file() else info.metadata.get("preprocess")
+    return StageSpec(arch, classes, int(info.resolution), folder, check_mode(preprocess or DEFAULT_MODE))
 
 
 def check_matches_spec(info: OnnxInfo, spec: StageSpec) -> None:
@@ -140,7 +181,8 @@ def check_matches_spec(info: OnnxInfo, spec: StageSpec) -> None:
         )
     classes = info.probs.shape[-1] if info.probs.shape else None
     if isinstance(classes, int) and classes != spec.num_classes:
+        jetson = " --jetson" if info.jetson_layout else ""
         raise BackendError(
             f"'{info.path}' outputs {classes} classes but labels.txt lists {spec.num_classes}; "
-            f"re-export it with `python -m engines export {spec.model_dir}`"
+            f"re-export it with `python -m engines export {spec.model_dir}{jetson}`"
         )

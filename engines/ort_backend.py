@@ -63,6 +63,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"onnxruntime cannot be imported ({exc}); pip install onnxruntime") from exc
         check_matches_spec(info, spec)
         self.info = info
+        self.model_file = info.path  # the file this backend's answers come from (prediction cache keys)
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

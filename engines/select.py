@@ -1,15 +1,16 @@
 """Choosing a backend for a stage, and opening a whole cascade from its config, with the reason for each choice.
 
-``auto`` takes the fastest backend that works here: TensorRT when it is installed, a GPU is present and an engine
-exists or can be built; else ONNX Runtime (the CPU default) on the folder's ONNX file, exported or re-exported first
-when missing or stale; else PyTorch eager. Every backend that was passed over is named in the reason, with why.
+``auto`` takes the fastest backend that works here: TensorRT when it is installed, a GPU is present and an engine for
+this GPU exists, loads and runs a first batch; else ONNX Runtime (the CPU default) on the folder's ONNX file, exported
+or re-exported first when missing or stale; else PyTorch eager. Every backend that was passed over is named in the
+reason, with why. Engines are never built here: a build takes minutes (``engines.trt_build.build_stage_engine``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from cascade.pipeline import Cascade
 from engines.engine_cache import EngineTarget, plan_engine
 from engines.export import ensure_onnx
 from engines.hardware import detect_gpu
+from engines.identity import OnnxIdentityError
 from engines.onnx_file import folder_spec
 from engines.torch_backend import TorchBackend
 
@@ -49,27 +51,50 @@ def _onnx_backend(spec: StageSpec) -> tuple[Backend, str]:
     return backend, note
 
 
+#: TensorRT failures per (model folder, engine target): the engine file's stamp when it failed, and why. A failed
+#: engine is not tried again on every request; a rebuilt one (another stamp) is.
+_trt_failures: dict[tuple[str, EngineTarget], tuple[str, str]] = {}
+_trt_failures_lock = threading.Lock()
+
+
+def _stamp(path: Path) -> str:
+    info = path.stat()
+    return f"{path}:{info.st_mtime_ns}:{info.st_size}"
+
+
 def _tensorrt_backend(spec: StageSpec, precision: str | None) -> tuple[Backend, str]:
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendError("TensorRT is not installed")
+    """An existing engine for this GPU, loaded and run once; never a build (``python -m engines build`` or the
+    dashboard's build button do that)."""
+    from engines.trt_backend import TensorRTBackend
+    from engines.trt_build import default_precision, import_tensorrt
+
+    trt = import_tensorrt()
     gpu = detect_gpu()  # before anything touches TensorRT's runtime, which crashes without a GPU
     if gpu is None:
         raise BackendError("no CUDA GPU found")
-    from engines.trt_backend import TensorRTBackend
-    from engines.trt_build import build_engine, default_precision, import_tensorrt
-
-    trt = import_tensorrt()
     info, note = ensure_onnx(spec)
     target = EngineTarget(str(trt.__version__), gpu, precision or default_precision(gpu))
     plan = plan_engine(info.path, target)
-    if not plan.build:
+    if plan.build:
+        raise BackendError(f"{plan.reason}; build it with `python -m engines build {spec.model_dir}` or Home's button")
+    key, stamp = (str(Path(spec.model_dir).resolve()), target), _stamp(plan.path)
+    with _trt_failures_lock:
+        failed = _trt_failures.get(key)
+    if failed is not None and failed[0] == stamp:
+        raise BackendError(f"{failed[1]} (remembered: not retried until the engine is rebuilt)")
+    try:
+        backend = TensorRTBackend(spec, plan.path, gpu, target.precision)
         try:
-            return TensorRTBackend(spec, plan.path, gpu, target.precision), f"{note}; {plan.reason}"
-        except BackendError as exc:  # e.g. a jetson-inference engine from another device: build our own
-            log.warning("%s; building a new engine", exc)
-    log.info("%s", plan.reason)
-    built = build_engine(info.path, info, target)
-    return TensorRTBackend(spec, built.path, gpu, target.precision), f"{note}; built {built.path.name}"
+            backend.warm_up()
+        except BaseException:
+            backend.close()
+            raise
+    except Exception as exc:  # noqa: BLE001  (TypeError from trt.nptype, pycuda's LogicError, RuntimeError, …)
+        why = str(exc) if isinstance(exc, BackendError) else f"{plan.path.name} failed: {type(exc).__name__}: {exc}"
+        with _trt_failures_lock:
+            _trt_failures[key] = (stamp, why)
+        raise BackendError(why) from exc
+    return backend, f"{note}; {plan.reason}"
 
 
 def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: str | None = None) -> tuple[Backend, str]:
@@ -88,13 +113,20 @@ def make_backend(model_dir: str | os.PathLike, kind: str = "auto", precision: st
         try:
             backend, note = _tensorrt_backend(spec, precision)
             return backend, f"TensorRT on {backend.gpu.name} ({note})"
-        except BackendError as exc:
+        except OnnxIdentityError:
+            raise  # the folder's ONNX is not its checkpoint's: an error to fix, not a reason to try another backend
+        except Exception as exc:  # noqa: BLE001  (auto falls back on any failure, saying why)
             if kind == "tensorrt":
-                raise
+                if isinstance(exc, BackendError):
+                    raise
+                raise BackendError(f"TensorRT failed: {type(exc).__name__}: {exc}") from exc
             passed_over.append(f"TensorRT: {exc}")
+            log.info("TensorRT not used for %s: %s", spec.model_dir, exc)
     if kind in ("auto", "onnx"):
         try:
             backend, note = _onnx_backend(spec)
+        except OnnxIdentityError:
+            raise
         except BackendError as exc:
             if kind == "onnx":
                 raise

@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 import multiprocessing
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -669,8 +670,17 @@ def write_preview(path: str | Path, seed: int, size: int = 256, per_class: int =
 # --------------------------------------------------------------------------------------------------
 
 
+class _UsageError(Exception):
+    """A command-line argument argparse refused; shown as one ``error: …`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the whole usage and exit; one line is enough here
+        raise _UsageError(f"{message} (see --help)")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Synthetic knee radiograph phantoms", add_help=add_help)
+    parser = _Parser(description="Synthetic knee radiograph phantoms", add_help=add_help)
     parser.add_argument("--out", default=None, type=str, help="output folder (ImageFolder tree + manifest.csv)")
     parser.add_argument("--per-class", default=120, type=int, help="images per class, all splits together")
     parser.add_argument("--seed", default=0, type=int, help="base seed; same seed gives byte-identical output")
@@ -689,7 +699,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
+    """Write the dataset and/or the contact sheet the arguments ask for; return the manifest rows."""
     if args.out is None and args.preview is None:
         raise ValueError("nothing to do: pass --out DIR to write a dataset and/or --preview PATH for a contact sheet")
     print(f"Bayes-optimal accuracy (equal priors): {bayes_optimal_accuracy():.4f}")
@@ -706,5 +717,19 @@ def main(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: 0 on success; bad arguments or an unwritable output give one ``error: …`` line and 2."""
+    try:
+        run(get_args_parser().parse_args(argv))
+    except (_UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(main())

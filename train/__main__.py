@@ -1,4 +1,6 @@
-from train.train import get_args_parser, main
+"""Training a cascade stage on an ImageFolder dataset, writing a jetson-inference model folder."""
+
+from train.train import main
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    raise SystemExit(main())

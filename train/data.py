@@ -14,8 +14,13 @@ import torch
 from torch.utils.data import Dataset
 
 from cascade.dataset import index_dataset
+from cascade.errors import CascadeError
 from cascade.images import read_image
-from cascade.preprocess import resize_gray
+from cascade.preprocess import DEFAULT_MODE, resize_image
+
+
+class TrainError(CascadeError):
+    """Training cannot run as asked: bad arguments, a missing or unusable data folder, an unwritable model folder."""
 
 
 class GrayImageFolder(Dataset):
@@ -27,17 +32,19 @@ class GrayImageFolder(Dataset):
         transform: Callable[[np.ndarray], torch.Tensor],
         classes: tuple[str, ...] | None = None,
         cache_size: int | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> None:
         index = index_dataset(root)
         self.classes = classes or index.classes
         unknown = sorted(set(index.classes) - set(self.classes))
         if unknown:
-            raise ValueError(f"'{root}' has class folders {unknown} that are not in {list(self.classes)}")
+            raise TrainError(f"'{root}' has class folders {unknown} that are not in {list(self.classes)}")
         self.items = [(it.path, self.classes.index(it.label)) for it in index.items]
         self.targets = [t for _, t in self.items]
         self.transform = transform
-        # Keep a resized copy (a little above the training size, so augmentation has pixels to work with).
+        # Keep a copy resized as the model's inputs are (``mode``); at the training size, resizing it again is exact.
         self.cache_size = cache_size
+        self.mode = mode
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -47,7 +54,7 @@ class GrayImageFolder(Dataset):
         if self.cache_size is None:
             return read_image(self.items[i][0])
         if i not in self._cache:
-            self._cache[i] = resize_gray(read_image(self.items[i][0]), self.cache_size)
+            self._cache[i] = resize_image(read_image(self.items[i][0]), self.cache_size, self.mode)
         return self._cache[i]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

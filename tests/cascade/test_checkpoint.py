@@ -4,9 +4,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade.checkpoint import load_checkpoint, load_stage, read_labels, save_checkpoint, stage_spec_from
+from cascade.checkpoint import (
+    PREPROCESS_NAME,
+    load_checkpoint,
+    load_stage,
+    read_labels,
+    save_checkpoint,
+    stage_spec_from,
+)
 from cascade.errors import CheckpointError
 from cascade.models import available_architectures, create_model, feature_layer, gap_linear_split
+from tests.conftest import CLASSES, make_model_dir
 
 
 def _jetson_dict(model, arch, classes, resolution=224):
@@ -186,3 +194,36 @@ def test_pretrained_without_a_download_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(CheckpointError, match="could not download the ImageNet weights for resnet18"):
         create_model("resnet18", 3, pretrained=True)
+
+
+def test_preprocess_mode_from_checkpoint_key_sidecar_or_jetson_default(tmp_path):
+    folder = make_model_dir(tmp_path / "m", "resnet18")
+    assert stage_spec_from(folder).preprocess == "jetson"  # jetson-inference's folders declare nothing
+    (folder / PREPROCESS_NAME).write_text("area\n")
+    assert stage_spec_from(folder).preprocess == "area"
+    _, model = load_stage(folder)
+    save_checkpoint(folder / "model_best.pth.tar", model, "resnet18", CLASSES, 64, 0, 50.0, 1.0, preprocess="area")
+    assert torch.load(folder / "model_best.pth.tar", weights_only=True)["preprocess"] == "area"
+    assert stage_spec_from(folder).preprocess == "area"  # key and file agree
+    (folder / PREPROCESS_NAME).unlink()
+    assert stage_spec_from(folder).preprocess == "area"
+
+
+def test_preprocess_mode_conflicts_and_unknown_values_are_refused(tmp_path):
+    folder = make_model_dir(tmp_path / "m", "resnet18")
+    _, model = load_stage(folder)
+    (folder / PREPROCESS_NAME).write_text("bilinear")
+    with pytest.raises(CheckpointError, match="preprocess.txt' says preprocess 'bilinear'; it must be one of jetson"):
+        stage_spec_from(folder)
+    save_checkpoint(folder / "model_best.pth.tar", model, "resnet18", CLASSES, 64, 0, 50.0, 1.0, preprocess="jetson")
+    (folder / PREPROCESS_NAME).write_text("area")
+    with pytest.raises(CheckpointError, match="says 'jetson' but .* says 'area'; keep one"):
+        stage_spec_from(folder)
+
+
+def test_demo_models_declare_the_area_filter_they_were_trained_with():
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    for stage in ("stage1", "stage2"):
+        if not (demo / stage / "model_best.pth.tar").is_file():
+            pytest.skip("demo models absent")
+        assert stage_spec_from(demo / stage).preprocess == "area"

@@ -66,7 +66,7 @@ def _images(source: str, n: int, res: int) -> np.ndarray:
         grays = [render_knee(rng, density, 256) for density in np.linspace(0.45, 1.05, n)]
     else:
         grays = [make_knee_like(seed, (160, 130)) for seed in range(n)]
-    return preprocess_batch(grays, res)
+    return preprocess_batch(grays, res, "jetson")
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

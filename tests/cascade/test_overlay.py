@@ -74,3 +74,26 @@ def test_png_refuses_non_images():
         to_png_bytes(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(OverlayError):
         to_png_bytes(np.zeros((4, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["jetson", "area"])
+def test_the_map_lands_where_the_stage_sampled_the_image(mode):
+    """A hot input pixel lights the source pixel it came from: the sampled one (jetson) or its cell's centre (area)."""
+    from cascade.overlay import stretch_map
+
+    cam = np.zeros((16, 16), np.float32)
+    cam[5, 9] = 1.0
+    big = stretch_map(cam, (64, 64), mode)  # 4 source pixels per input pixel
+    y, x = np.unravel_index(np.argmax(big), big.shape)
+    if mode == "jetson":
+        assert (y, x) == (20, 36) and big[20, 36] == 1.0  # input (5, 9) was sampled at source (5·4, 9·4)
+    else:
+        assert y in (21, 22) and x in (37, 38)  # the centre of source cell 20..23 × 36..39
+
+
+def test_area_mode_overlays_are_opencvs_bilinear_resize_as_before():
+    from cascade.overlay import stretch_map
+
+    cam = np.random.default_rng(0).random((7, 7)).astype(np.float32)
+    want = cv2.resize(cam, (90, 50), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(stretch_map(cam, (50, 90), "area"), want, atol=1e-5)

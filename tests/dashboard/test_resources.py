@@ -18,7 +18,7 @@ def test_two_sessions_computing_heatmaps_get_the_maps_each_gets_alone(tiny_confi
     ex = explainer(ctx, 2)
     assert explainer(ctx, 2) is ex  # one per process: shared by every session
     res = ctx.cascade.spec2.resolution
-    batches = [preprocess_batch([make_knee_like(seed)], res) for seed in (1, 2)]
+    batches = [preprocess_batch([make_knee_like(seed)], res, "jetson") for seed in (1, 2)]
     alone = [ex.explain(b, "gradcam++", 1).maps for b in batches]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = [pool.submit(ex.explain, batches[i % 2], "gradcam++", 1) for i in range(6)]
@@ -40,3 +40,15 @@ def test_fit_within_keeps_aspect_and_never_enlarges():
     img = np.zeros((300, 150), np.uint8)
     assert fit_within(img, 100).shape == (100, 50)
     assert fit_within(img, 1000).shape == (300, 150)
+
+
+def test_evicted_cascade_closes_its_backends(tiny_config, tiny_dataset, monkeypatch):
+    import streamlit as st
+
+    from engines.torch_backend import TorchBackend
+
+    closed = []
+    monkeypatch.setattr(TorchBackend, "close", lambda self: closed.append(self))
+    ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
+    st.cache_resource.clear()  # what the sidebar's reload does; max_entries evictions call the same hook
+    assert ctx.cascade.backend1 in closed and ctx.cascade.backend2 in closed

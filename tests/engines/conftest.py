@@ -31,16 +31,17 @@ def real_images(count: int) -> list[np.ndarray]:
     return [read_image(p) for p in files[:count]]
 
 
-def input_batches(resolution: int, seed: int = 0, count: int = 3) -> dict[str, np.ndarray]:
-    """Named batches of ``count``: random normal noise, phantoms, and real radiographs when available."""
+def input_batches(resolution: int, seed: int = 0, count: int = 3, mode: str = "jetson") -> dict[str, np.ndarray]:
+    """Named batches of ``count``: random normal noise, phantoms, and real radiographs when available (resized as
+    ``mode`` says; the tiny test folders declare none, so they are "jetson" folders)."""
     rng = np.random.default_rng(seed)
     batches = {
         "random": rng.standard_normal((count, 3, resolution, resolution)).astype(np.float32),
-        "phantoms": preprocess_batch(phantom_images(count, seed), resolution),
+        "phantoms": preprocess_batch(phantom_images(count, seed), resolution, mode),
     }
     real = real_images(count)
     if real:
-        batches["real"] = preprocess_batch(real, resolution)
+        batches["real"] = preprocess_batch(real, resolution, mode)
     return batches
 
 
@@ -59,6 +60,12 @@ class ExportedModels:
             export_onnx(folder)
             self.folders[arch] = folder
         return self.folders[arch]
+
+
+@pytest.fixture(autouse=True)
+def _private_identity_cache(tmp_path, monkeypatch):
+    """ONNX identity verdicts go to the test's own folder, never to the checkout's .cache."""
+    monkeypatch.setattr("engines.identity.IDENTITY_CACHE_DIR", tmp_path / "onnx-identity")
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ def test_export_command(tmp_path, capsys):
     folder = make_model_dir(tmp_path / "m", "resnet18", seed=51)
     assert main(["export", str(folder), "--opset", "17"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"wrote {folder / 'resnet18.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
-    assert read_onnx_info(folder / "resnet18.onnx").opset == 17
+    assert out.startswith(f"wrote {folder / 'resnet18.cascade.onnx'} (output_0 + cam_0 (fast CAM); opset 17; max |Δ|")
+    assert read_onnx_info(folder / "resnet18.cascade.onnx").opset == 17
 
 
 def test_export_of_a_missing_folder_fails_cleanly(tmp_path, capsys):
@@ -189,3 +189,21 @@ def test_predict_into_a_folder_is_refused_before_any_model_runs(tmp_path, tiny_c
 def test_python_m_cascade_points_at_engines():
     proc = subprocess.run([sys.executable, "-m", "cascade", "predict", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and "python -m engines predict" in proc.stderr
+
+
+def test_build_prints_progress_and_the_engine(tmp_path, capsys, monkeypatch, exported_models):
+    import shutil
+
+    from engines.hardware import GpuInfo
+    from tests.engines.fake_tensorrt import make_fake_tensorrt
+
+    folder = tmp_path / "resnet18"
+    shutil.copytree(exported_models["resnet18"], folder)
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.13.0.35")[0])
+    monkeypatch.setattr("engines.trt_build.detect_gpu", lambda: GpuInfo("NVIDIA L4", (8, 9)))
+    assert main(["build", str(folder), "--precision", "fp32", "--max-batch", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "[ 15%] building resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine" in captured.err
+    assert "[100%] wrote" in captured.err
+    engine = folder / "resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine"
+    assert captured.out.startswith(f"wrote {engine} (fp32,")

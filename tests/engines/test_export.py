@@ -111,7 +111,8 @@ def test_missing_onnx_is_exported_on_first_use(tmp_path):
     folder = make_model_dir(tmp_path / "m", "resnet18", seed=6)
     spec, _ = load_stage(folder)
     info, note = ensure_onnx(spec)
-    assert note == "exported resnet18.onnx (there was none)" and info.cams is not None
+    assert note == "exported resnet18.cascade.onnx (there was none)" and info.cams is not None
+    assert not spec.jetson_onnx_path.exists()  # automatic exports never take jetson-inference's file name
 
 
 def test_broken_onnx_raises_clear_error_and_is_kept(tmp_path):
@@ -139,4 +140,4 @@ def test_export_from_an_older_exporter_is_stale(exported_models):
     spec, _ = load_stage(exported_models["resnet18"])
     info = read_onnx_info(spec.onnx_path)
     older = dataclasses.replace(info, metadata={**info.metadata, "exporter_version": "0"})
-    assert stale_reason(older, spec) == "it was written by exporter version '0', this is '1'"
+    assert stale_reason(older, spec) == "it was written by exporter version '0', this is '2'"

@@ -42,7 +42,7 @@ def test_torch_fallback_when_onnxruntime_cannot_be_imported(folder, monkeypatch)
 
 
 def test_torch_fallback_when_onnx_is_broken(folder):
-    (folder / "resnet18.onnx").write_bytes(b"\x08\x07garbage")
+    (folder / "resnet18.cascade.onnx").write_bytes(b"\x08\x07garbage")
     backend, reason = make_backend(folder, "auto")
     assert isinstance(backend, TorchBackend)
     assert "not a readable ONNX model" in reason

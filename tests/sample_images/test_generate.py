@@ -190,7 +190,7 @@ def test_cli_main(tmp_path, capsys):
     args = gen.get_args_parser().parse_args(
         ["--out", str(tmp_path), "--per-class", "2", "--seed", "1", "--size", "64", "--split", "0.5", "0.5", "0"]
     )
-    rows = gen.main(args)
+    rows = gen.run(args)
     assert len(rows) == 6 and {r["split"] for r in rows} == {"train", "val"}
     out = capsys.readouterr().out
     assert "Bayes-optimal accuracy" in out and "Bayes rule on the generated densities" in out
@@ -225,6 +225,40 @@ def test_other_bad_arguments_raise_value_error(tmp_path):
     with pytest.raises(ValueError):
         gen.generate(tmp_path / "file", 2, 0, 64)
     with pytest.raises(ValueError):
-        gen.main(gen.get_args_parser().parse_args([]))
+        gen.run(gen.get_args_parser().parse_args([]))
     with pytest.raises(ValueError):
         gen.bayes_optimal_accuracy(step=0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--per-class", "abc"], "invalid int value"),
+        (["--nonsense"], "unrecognized arguments"),
+        ([], "nothing to do"),
+        (["--per-class", "0", "--out", "{tmp}/o"], "per_class must be a positive integer"),
+        (["--out", "{tmp}/file"], "exists and is not a directory"),
+        (["--out", "{tmp}/file/below", "--per-class", "1"], "cannot write"),
+        (["--preview", "{tmp}/file/sheet.png", "--size", "64"], "cannot write"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    (tmp_path / "file").write_text("x")
+    code = gen.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_cli_run_as_a_module_exits_2_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sample_images.generate", "--out", str(tmp_path / "x"), "--size", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: size must be") and "Traceback" not in proc.stderr
