@@ -8,7 +8,6 @@ needed, with what to do about it, and the rest of the app keeps working.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -30,14 +29,7 @@ from cascade.errors import CascadeError, CheckpointError, ConfigError
 from cascade.gate import GateRule
 from cascade.images import read_image, read_image_bytes
 from cascade.pipeline import Cascade
-from cascade.predcache import (
-    Predictions,
-    cache_key,
-    cache_path,
-    compute_predictions,
-    load_predictions,
-    save_predictions,
-)
+from cascade.predcache import Predictions, cache_key, cache_path, cached_predictions, load_predictions
 from dashboard.state import ROOT, Sources, prediction_cache_dir, sources
 
 log = logging.getLogger(__name__)
@@ -234,8 +226,8 @@ def app_context() -> AppContext:
 def _prediction_key(_cascade: Cascade, token: str, _index: DatasetIndex, root: str, files: str, split: str) -> str:
     """Cache key of a split: hashing the checkpoints once per loaded cascade and file list, not on every rerun.
 
-    ``files`` is the split's fingerprint (each file's size and mtime), taken on every run: an image overwritten while
-    the app runs gives a new key, so its old predictions are never shown again.
+    ``files`` is the split's fingerprint (each file's size, mtime and inode), taken on every run: an image overwritten
+    while the app runs gives a new key, so its old predictions are never shown again.
     """
     return cache_key(_cascade, _index, split)
 
@@ -262,11 +254,8 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Running both stages: {done} / {total} images")
 
-        # The key is known: computing and storing under it directly spares hashing both checkpoints again (a fixed
-        # cost of a few tenths of a second that ``cached_predictions`` pays to find the key).
-        found = compute_predictions(cascade, index.select(split), split, progress=progress)
-        preds = dataclasses.replace(found, key=key)
-        save_predictions(preds, cache_path(key, prediction_cache_dir()))
+        # The key is known: passing it spares hashing both checkpoints again (a few tenths of a second).
+        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress, key=key)
         bar.empty()
     if preds is not None:
         with lock:
