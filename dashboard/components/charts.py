@@ -267,7 +267,7 @@ def p_normal_strip(
         yaxis={
             "tickvals": list(range(len(classes))),
             "ticktext": [f"true {c}" for c in classes],
-            "range": [-0.6, len(classes) - 0.4],
+            "range": [len(classes) - 0.4, -0.6],  # first class on top
         },
         height=120 + 70 * len(classes),
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
@@ -385,7 +385,7 @@ def flow_diagram(y: np.ndarray, routed: np.ndarray, final: np.ndarray, classes: 
     notes: list[dict] = []
     mid_x, mid_y, texts, custom, hover = [], [], [], [], []
     names = list(classes)
-    stage1_names = ("settled by stage 1 (normal)", "sent to stage 2")
+    stage1_names = ("stage 1 says normal", "sent to stage 2")
     for k in links:
         h = k.count * scale
         if k.step == 0:
@@ -428,17 +428,19 @@ def flow_diagram(y: np.ndarray, routed: np.ndarray, final: np.ndarray, classes: 
                 {"type": "rect", "x0": x, "x1": x + width, "y0": top, "y1": top + v * scale, "fillcolor": colour}
             )
             shapes[-1]["line"] = {"width": 0}
-            left = x == xs[0]
+            # Labels outside the bands: left of the first column, right of the last, above the middle one.
+            side = "left" if x == xs[0] else "middle" if x == xs[1] else "right"
             notes.append(
                 {
-                    "x": x if left else x + width,
-                    "y": top + v * scale / 2,
+                    "x": {"left": x, "middle": x + width / 2, "right": x + width}[side],
+                    "y": top if side == "middle" else top + v * scale / 2,
                     "text": f"{label} · {v}",
                     "showarrow": False,
-                    "xanchor": "right" if left else "left",
-                    "xshift": -4 if left else 4,
+                    "xanchor": {"left": "right", "middle": "center", "right": "left"}[side],
+                    "yanchor": "bottom" if side == "middle" else "middle",
+                    "xshift": {"left": -4, "middle": 0, "right": 4}[side],
                     "font": {"size": 12},
-                    "bgcolor": "rgba(17,17,17,0.6)",
+                    "bgcolor": "rgba(17,17,17,0.75)",
                 }
             )
     fig.add_scatter(
@@ -454,11 +456,11 @@ def flow_diagram(y: np.ndarray, routed: np.ndarray, final: np.ndarray, classes: 
         showlegend=False,
     )
     fig.update_layout(
-        title="True class → stage 1 → final class (each band keeps its true class's colour)",
+        title="True class → stage 1 → final class",
         shapes=shapes,
         annotations=notes,
-        xaxis={"visible": False, "range": [-0.75, 2.85], "fixedrange": True},
-        yaxis={"visible": False, "range": [1.02, -0.02], "fixedrange": True},
+        xaxis={"visible": False, "range": [-1.05, 3.15], "fixedrange": True},
+        yaxis={"visible": False, "range": [1.02, -0.08], "fixedrange": True},
         height=400,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         **_LAYOUT,

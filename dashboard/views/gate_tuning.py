@@ -112,14 +112,10 @@ if never.any():
 st.subheader("Stage 1 alone, stage 2 alone and the cascade")
 table = stage_comparison(preds.p1, preds.p2, preds.labels, classes, ni, t, rule, f"{t:.2f}")
 numeric = [c for c in table.columns if c != "what it means"]
-st.dataframe(
-    table,
-    width="stretch",
-    column_config={
-        **{c: st.column_config.NumberColumn(c, format="percent") for c in numeric},
-        "what it means": st.column_config.TextColumn("what it means", width="large"),
-    },
-)
+# One decimal, as the headline metrics above: the same number reads the same everywhere on the page.
+shown = table.copy()
+shown[numeric] = table[numeric].map(lambda v: "—" if not np.isfinite(v) else f"{100 * v:.1f} %")
+st.dataframe(shown, width="stretch", column_config={"what it means": st.column_config.TextColumn(width="large")})
 
 s = widgets.gate_sweep(preds, ni, DEFAULT_THRESHOLDS)
 left, right = st.columns(2)

@@ -25,6 +25,10 @@ def _preds(app_env, tiny_dataset):
     return cascade, preds
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
 def _set_gate(at, value: float):
     widget(at.sidebar.slider, "Gate threshold").set_value(value)
     return at.run()
@@ -63,11 +67,13 @@ def test_stage_comparison_follows_the_gate(app_env, tiny_dataset):
         table = next(d.value for d in at.dataframe if "what it means" in d.value.columns)
         column = f"cascade at gate {t:.2f}"
         d = decide_batch(preds.p1, preds.p2, 0, t)
-        assert table.loc["accuracy", column] == (d.final == preds.labels).mean()
-        assert table.loc["sent to stage 2", column] == d.routed.mean()
-        assert table.loc["accuracy", "stage 2 alone"] == (preds.p2.argmax(1) == preds.labels).mean()
-        # The headline metric and the table agree.
-        assert widget(at.metric, "Sent to stage 2").value == f"{100 * d.routed.mean():.1f} %"
+        assert table.loc["accuracy", column] == _pct((d.final == preds.labels).mean())
+        assert table.loc["sent to stage 2", column] == _pct(d.routed.mean())
+        assert table.loc["accuracy", "stage 2 alone"] == _pct((preds.p2.argmax(1) == preds.labels).mean())
+        assert table.loc["sent to stage 2", "stage 1 alone"] == "—"
+        # The headline metrics and the table agree, digit for digit.
+        assert widget(at.metric, "Sent to stage 2").value == table.loc["sent to stage 2", column]
+        assert widget(at.metric, "Accuracy").value == table.loc["accuracy", column]
     assert_clean(at)
 
 
