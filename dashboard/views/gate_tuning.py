@@ -115,7 +115,14 @@ numeric = [c for c in table.columns if c != "what it means"]
 # One decimal, as the headline metrics above: the same number reads the same everywhere on the page.
 shown = table.copy()
 shown[numeric] = table[numeric].map(lambda v: "—" if not np.isfinite(v) else f"{100 * v:.1f} %")
-st.dataframe(shown, width="stretch", column_config={"what it means": st.column_config.TextColumn(width="large")})
+st.dataframe(
+    shown,
+    width="stretch",
+    column_config={
+        **{c: st.column_config.TextColumn(width="small") for c in numeric},
+        "what it means": st.column_config.TextColumn(width="large"),
+    },
+)
 
 s = widgets.gate_sweep(preds, ni, DEFAULT_THRESHOLDS)
 left, right = st.columns(2)
