@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomlkit
 
+from cascade.calibration import CalibrationSettings, parse_calibration
 from cascade.errors import ConfigError
 from cascade.fileio import atomic_path
 from cascade.gate import GateRule
@@ -35,6 +36,12 @@ class CascadeConfig:
     rule: GateRule
     normal_label: str
     path: Path | None = None
+    calibration: CalibrationSettings = CalibrationSettings()  # [calibration]: per-stage temperatures, on or off
+
+    @property
+    def temperatures(self) -> tuple[float, float]:
+        """Per-stage temperatures to apply: the fitted ones when calibration is on, else (1, 1)."""
+        return self.calibration.temperatures
 
 
 def _section(doc: dict, name: str, path: Path) -> dict:
@@ -90,7 +97,9 @@ def _validate(doc: tomlkit.TOMLDocument, p: Path) -> CascadeConfig:
         raise ConfigError(f"'{p}' [gate]: {exc}") from exc
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"'{p}' [gate]: threshold must lie in [0, 1], got {threshold}")
-    return CascadeConfig(dirs[0], dirs[1], threshold, rule, str(gate.get("normal_label", "normal")), p.resolve())
+    calibration = parse_calibration(doc.get("calibration"), p)
+    normal = str(gate.get("normal_label", "normal"))
+    return CascadeConfig(dirs[0], dirs[1], threshold, rule, normal, p.resolve(), calibration)
 
 
 def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | None = None) -> None:

@@ -6,10 +6,14 @@ slightly different numbers), the classes and the split's file list (paths, sizes
 so a stale entry is never read. Entries are ``.npz`` files written atomically (a crash leaves no half file), read
 without pickle, and validated on load (shapes, finite probabilities whose rows sum to 1, labels within range): an
 entry that fails is discarded and recomputed, and the recomputed :class:`Predictions` carries a ``notice`` saying so.
+
+Entries hold the *raw* probabilities; a cascade's calibration temperatures are applied on reading
+(``Predictions.with_temperatures``), so switching calibration on or off, or refitting it, never runs a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -21,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from cascade.calibration import apply_temperature
 from cascade.dataset import DatasetIndex, Item, read_item
 from cascade.errors import CascadeError
 from cascade.fileio import file_sha256, write_atomic
@@ -49,9 +54,24 @@ class Predictions:
     failed: tuple[tuple[str, str], ...] = ()  # (rel, reason) of images that could not be read
     key: str = ""
     notice: str = ""  # set when a cached entry was found invalid and these were recomputed in its place
+    temperatures: tuple[float, float] = (1.0, 1.0)  # applied to p1, p2 (1, 1: raw, as stored on disk)
 
     def __len__(self) -> int:
         return len(self.rels)
+
+    def with_temperatures(self, temperatures: Sequence[float]) -> Predictions:
+        """The same predictions under other per-stage temperatures ((1, 1): raw), derived without a model.
+
+        Temperatures compose by multiplication, so going from the applied T to a new T' applies T'/T.
+        """
+        new = (float(temperatures[0]), float(temperatures[1]))
+        if new == self.temperatures:
+            return self
+        p1, p2 = (
+            apply_temperature(p, t_new / t_old).astype(np.float32)
+            for p, t_new, t_old in zip((self.p1, self.p2), new, self.temperatures, strict=True)
+        )
+        return dataclasses.replace(self, p1=p1, p2=p2, temperatures=new)
 
 
 def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
@@ -68,9 +88,15 @@ def label_indices(items: Sequence[Item], classes: Sequence[str]) -> np.ndarray:
 
 def model_identity(backend) -> str:
     """Content hashes of the files a stage's answers come from: its checkpoint (where there is one) and the file the
-    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch)."""
-    spec = backend.spec
+    backend actually runs (``backend.model_file``: the ONNX file or TensorRT engine; absent for PyTorch).
+
+    ``backend`` may also be a StageSpec (a prediction table is keyed before any backend is opened): then the checkpoint,
+    or the ONNX file where there is no checkpoint.
+    """
+    spec = getattr(backend, "spec", backend)
     ran = getattr(backend, "model_file", None)
+    if ran is None and not spec.checkpoint_path.is_file():
+        ran = spec.onnx_path
     files = [p for p in (spec.checkpoint_path, ran) if p is not None and Path(p).is_file()]
     if not files:
         raise CascadeError(f"'{spec.model_dir}' holds neither {spec.checkpoint_path.name} nor a model file it runs")
@@ -99,6 +125,7 @@ def save_predictions(preds: Predictions, path: str | os.PathLike) -> None:
     """Write an entry atomically: to a temporary file in the same folder, then renamed over the target."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    preds = preds.with_temperatures((1.0, 1.0))  # entries hold raw probabilities
     failed_rels = [r for r, _ in preds.failed]
     failed_why = [w for _, w in preds.failed]
     buf = io.BytesIO()
@@ -200,6 +227,7 @@ def iter_predictions(
     read: Callable[[T], np.ndarray],
     batch_size: int = 16,
     stage2_always: bool = True,
+    calibrated: bool = True,
 ) -> Iterator[BatchResult]:
     """Read and run the cascade over ``sources`` batch by batch; a source that cannot be read is reported, not fatal.
 
@@ -218,7 +246,7 @@ def iter_predictions(
             else:
                 ok.append(i)
         if images:
-            p1, p2 = cascade.predict(images, stage2_always=stage2_always)
+            p1, p2 = cascade.predict(images, stage2_always=stage2_always, calibrated=calibrated)
         else:
             p1 = p2 = np.zeros((0, c), np.float32)
         yield BatchResult(chunk.stop, ok, p1, p2, failed)
@@ -231,11 +259,11 @@ def compute_predictions(
     batch_size: int = 16,
     progress: ProgressFn | None = None,
 ) -> Predictions:
-    """Run both stages on every item (stage 2 always); unreadable images are listed in ``failed``, not fatal."""
+    """Raw probabilities of both stages on every item (stage 2 always); unreadable images are listed in ``failed``."""
     classes = tuple(cascade.classes)
     labels_all = label_indices(items, classes)
     p1s, p2s, keep, failed = [], [], [], []
-    for batch in iter_predictions(cascade, items, read_item, batch_size):
+    for batch in iter_predictions(cascade, items, read_item, batch_size, calibrated=False):
         p1s.append(batch.p1)
         p2s.append(batch.p2)
         keep.extend(batch.ok)
@@ -263,7 +291,8 @@ def cached_predictions(
     progress: ProgressFn | None = None,
     key: str | None = None,
 ) -> Predictions:
-    """A split's predictions: read from the cache when its key matches, else computed once and stored.
+    """A split's predictions under the cascade's temperatures: read from the cache when its key matches, else computed
+    once and stored (raw).
 
     ``key``: the split's :func:`cache_key` when the caller already has it (it hashes both checkpoints).
     """
@@ -275,9 +304,9 @@ def cached_predictions(
     elif found is not None and found.classes != tuple(cascade.classes):
         found, problem = None, f"its classes {list(found.classes)} are not the models' {list(cascade.classes)}"
     if found is not None:
-        return found
+        return found.with_temperatures(cascade.temperatures)
     preds = compute_predictions(cascade, index.select(split), split, batch_size, progress)
     notice = f"The cached predictions '{path.name}' were discarded and recomputed: {problem}." if problem else ""
     preds = Predictions(preds.p1, preds.p2, preds.labels, preds.rels, preds.classes, split, preds.failed, key, notice)
     save_predictions(preds, path)
-    return preds
+    return preds.with_temperatures(cascade.temperatures)

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -103,7 +103,9 @@ def cascade_token(cfg: CascadeConfig, backend: str) -> str:
 def open_cascade_cached(cfg: CascadeConfig, backend: str) -> Cascade:
     """The cached cascade for a config's model folders (the gate is not part of it: pages pass their own)."""
     token = cascade_token(cfg, backend)
-    return _open_cascade(str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend, token)
+    cascade = _open_cascade(str(cfg.stage1_dir), str(cfg.stage2_dir), cfg.normal_label, backend, token)
+    # The config's calibration: a light copy sharing the loaded backends (switching it on or off loads nothing).
+    return cascade if cascade.temperatures == cfg.temperatures else replace(cascade, temperatures=cfg.temperatures)
 
 
 @st.cache_resource(show_spinner="Indexing the dataset…", max_entries=4)
@@ -195,7 +197,8 @@ def build_context(src: Sources | None = None) -> AppContext:
         ctx.errors["config"] = ("Cascade config", exc)
     if ctx.config is not None:
         try:
-            ctx.cascade_token = cascade_token(ctx.config, ctx.sources.backend)
+            t1, t2 = ctx.config.temperatures  # per-image caches below are keyed by the token: calibration included
+            ctx.cascade_token = f"{cascade_token(ctx.config, ctx.sources.backend)}|T={t1!r},{t2!r}"
             ctx.cascade = open_cascade_cached(ctx.config, ctx.sources.backend)
         except CascadeError as exc:
             ctx.errors["cascade"] = ("Models", exc)
@@ -245,7 +248,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
     with lock:
         if key in store:
             store.move_to_end(key)
-            return store[key]
+            return store[key].with_temperatures(cascade.temperatures)  # raw in the caches
     preds = load_predictions(cache_path(key, prediction_cache_dir()))
     if preds is None and compute:
         n = len(index.select(split))
@@ -262,7 +265,7 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
             store[key] = preds
             while len(store) > _MEMORY_ENTRIES:
                 store.popitem(last=False)
-    return preds
+    return None if preds is None else preds.with_temperatures(cascade.temperatures)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -389,11 +392,13 @@ def _cams(
         probs, raw = backend.predict_with_cams(batch)
         scaled = scale_maps(raw[0], backend.spec.resolution)  # all classes of the one image
         maps = {c: scaled[c].astype(np.float32) for c in classes}
-        return CamMaps(maps, probs[0], "fast", "", time.perf_counter() - start, backend.name)
+        shown = _cascade.calibrate(stage, probs)[0]  # the probabilities as the cascade uses them (calibration)
+        return CamMaps(maps, shown, "fast", "", time.perf_counter() - start, backend.name)
     results = _explainer(_cascade, token, stage).explain_targets(batch, method, list(classes))
     first = next(iter(results.values()))
     maps = {c: r.maps[0] for c, r in results.items()}
-    return CamMaps(maps, first.probs[0], first.method, first.note, first.seconds, "PyTorch")
+    shown = _cascade.calibrate(stage, first.probs)[0]
+    return CamMaps(maps, shown, first.method, first.note, first.seconds, "PyTorch")
 
 
 def stage_cams(ctx: AppContext, stage: int, image_token: str, image: np.ndarray, method: str, classes) -> CamMaps:

@@ -7,6 +7,8 @@ import streamlit as st
 from cascade.gate import GateRule
 from dashboard import state
 from dashboard.resources import AppContext, build_context, is_demo
+from dashboard.sections import calibration as calibration_section
+from dashboard.sections import metadata as metadata_section
 
 _SEEDED_FOR = "_gate_seeded_for"
 FOOTER = "Research tool. Not for clinical use."
@@ -27,6 +29,13 @@ def _sources_form() -> None:
             key=state.DATA_KEY,
             help="An ImageFolder tree: root/[train|val|test/]<class>/<image>, e.g. an unzipped Kaggle knee set.",
         )
+        st.text_input(
+            "Prediction table (optional)",
+            value=defaults.predictions_path,
+            key=state.PREDICTIONS_KEY,
+            help="A Parquet file from `python -m engines precompute` for this dataset and these models: Gate tuning "
+            "and Dataset read it instead of running the models. Empty: the dashboard's own cache.",
+        )
         from engines.select import BACKEND_KINDS
 
         kinds = list(BACKEND_KINDS)
@@ -37,6 +46,7 @@ def _sources_form() -> None:
             key=state.BACKEND_KEY,
             help="auto picks the fastest backend available on this machine; the Home page says why.",
         )
+        metadata_section.sidebar_input()
         if st.button("Reload models and data", icon=":material/refresh:", help="After files changed on disk."):
             st.cache_resource.clear()
             st.cache_data.clear()
@@ -107,6 +117,7 @@ def render() -> AppContext:
     for what, exc in ctx.errors.values():
         st.sidebar.error(f"{what}: {exc}", icon=":material/error:")
     _gate_widgets(ctx)
+    calibration_section.sidebar_status(ctx)
     if ctx.config is not None and is_demo(ctx.config):
         st.sidebar.warning("Demo models, trained on synthetic phantoms.", icon=":material/warning:")
     st.sidebar.caption(FOOTER)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV_CONFIG = "KNEE_CASCADE_CONFIG"
 ENV_DATA = "KNEE_CASCADE_DATA"
 ENV_BACKEND = "KNEE_CASCADE_BACKEND"
+ENV_PREDICTIONS = "KNEE_CASCADE_PREDICTIONS"  # a Parquet table from `python -m engines precompute`
 ENV_CACHE = "KNEE_CASCADE_CACHE"  # folder of the prediction cache (default: .cache/predictions in the repository)
 DEFAULT_DATA = ROOT / "sample_images"
 
@@ -29,6 +30,7 @@ RULE_KEY = "rule"
 CONFIG_KEY = "config_path"
 DATA_KEY = "data_path"
 BACKEND_KEY = "backend"
+PREDICTIONS_KEY = "predictions_path"
 SPLIT_KEY = "split"
 SELECTED_KEY = "selected_image"  # rel path of a dataset image, or None
 IMAGE_PARAM = "img"
@@ -47,6 +49,7 @@ class Sources:
     config_path: str
     data_path: str
     backend: str
+    predictions_path: str = ""  # a precomputed prediction table; "" means the dashboard's own cache
 
 
 def default_sources() -> Sources:
@@ -55,6 +58,7 @@ def default_sources() -> Sources:
         os.environ.get(ENV_CONFIG) or str(DEFAULT_CONFIG),
         os.environ.get(ENV_DATA) or str(DEFAULT_DATA),
         os.environ.get(ENV_BACKEND) or "auto",
+        os.environ.get(ENV_PREDICTIONS) or "",
     )
 
 
@@ -71,6 +75,7 @@ def sources() -> Sources:
         str(ss.get(CONFIG_KEY) or d.config_path).strip(),
         str(ss.get(DATA_KEY) or d.data_path).strip(),
         str(ss.get(BACKEND_KEY) or d.backend),
+        str(ss.get(PREDICTIONS_KEY) or d.predictions_path).strip(),
     )
 
 

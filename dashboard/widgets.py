@@ -12,6 +12,7 @@ from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
 from dashboard.components import glossary
+from dashboard.prediction_table import table_predictions
 from dashboard.resources import (
     AppContext,
     dataset_image,
@@ -46,6 +47,8 @@ def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions 
     After computing, the prompt is cleared and the predictions returned in the same run: no second script run.
     """
     with failing_part("Predictions", stop=False):
+        if ctx.sources.predictions_path:  # a precomputed table (python -m engines precompute) replaces the cache
+            return table_predictions(ctx, split)
         preds = split_predictions(ctx, split)
         if preds is not None:
             return preds

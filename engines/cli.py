@@ -1,7 +1,8 @@
 """``python -m engines``: every command that runs or builds the stage models.
 
 ``export`` / ``build`` make a model folder's ONNX file and TensorRT engine; ``predict`` classifies files and folders
-into a CSV; ``evaluate`` scores the cascade and each stage on a labelled folder. Exit codes: 0 done, 1 some input files
+into a CSV; ``evaluate`` scores the cascade and each stage on a labelled folder; ``precompute`` runs both stages over a
+whole dataset on Ray into a Parquet table the dashboard reads. Exit codes: 0 done, 1 some input files
 could not be read (each has its row and reason), 2 a bad command line, config, model folder or output (nothing
 written).
 """
@@ -20,14 +21,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cascade.calibration import calibration_summary
 from cascade.cli import CliParser, positive_int, run_cli
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import iter_image_files
 from cascade.errors import CascadeError
 from cascade.fileio import write_atomic
 from cascade.images import read_image
+from cascade.metadata import metadata_lines
 from cascade.predcache import iter_predictions
+from engines.calibrate import add_parser as add_calibrate_parser
 from engines.export import DEFAULT_OPSET, JETSON_OPSET, export_onnx
+from engines.precompute import DEFAULT_OBJECT_STORE_MB, cmd_precompute
 from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
 
@@ -129,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = evaluate_cascade(cascade, args.data, args.batch_size, progress)
+        report = evaluate_cascade(cascade, args.data, args.batch_size, progress, args.metadata)
     text = json.dumps(report, indent=2)
     if args.out:
         write_atomic(args.out, text + "\n")
@@ -141,6 +146,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"abnormal sensitivity {r['abnormal_sensitivity']:.3f}",
             file=sys.stderr,
         )
+    if report["calibration"] is not None:
+        print(calibration_summary(report["calibration"]), file=sys.stderr)
+    if report["metadata"] is not None:
+        print(metadata_lines(report["metadata"]), file=sys.stderr)
     unreadable = report["unreadable"]
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read and are not scored:", file=sys.stderr)
@@ -192,8 +201,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of the cascade and of each stage on an ImageFolder folder")
     p.add_argument("data", help="ImageFolder folder, e.g. sample_images/test")
     p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.add_argument("--metadata", default=None, help="metadata CSV (default: the dataset's manifest.csv, if any)")
     models(p)
     p.set_defaults(func=cmd_evaluate)
+
+    add_calibrate_parser(sub, models)
+
+    p = sub.add_parser("precompute", help="both stages on every image of a dataset, on Ray, into a Parquet table")
+    p.add_argument("data", help="dataset folder (ImageFolder tree, or any folder of images)")
+    p.add_argument("--out", required=True, help="Parquet file to write (resumed if it exists), e.g. preds.parquet")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to run on (e.g. ray://head:10001); default: here")
+    p.add_argument("--num-workers", type=positive_int, default=1, help="model actors, each with both stages")
+    p.add_argument(
+        "--object-store-mb", type=positive_int, default=DEFAULT_OBJECT_STORE_MB, help="a local Ray's object store (MiB)"
+    )
+    models(p)
+    p.set_defaults(func=cmd_precompute)
     return parser
 
 

@@ -150,4 +150,5 @@ def open_cascade(
     cfg = config if isinstance(config, CascadeConfig) else load_config(config)
     b1, why1 = make_backend(cfg.stage1_dir, backend, precision)
     b2, why2 = make_backend(cfg.stage2_dir, backend, precision)
-    return Cascade(b1, b2, cfg.threshold, cfg.rule, cfg.normal_label, reasons={1: why1, 2: why2})
+    reasons = {1: why1, 2: why2}
+    return Cascade(b1, b2, cfg.threshold, cfg.rule, cfg.normal_label, reasons, temperatures=cfg.temperatures)

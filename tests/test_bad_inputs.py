@@ -415,7 +415,7 @@ def test_predictions_list_special_files_as_failed_rows(hostile_dataset):
         classes = ("normal", "osteopenia")
         seen = 0
 
-        def predict(self, imgs, stage2_always=True):
+        def predict(self, imgs, stage2_always=True, calibrated=True):
             Uniform.seen += len(imgs)
             p = np.full((len(imgs), 2), 0.5, np.float32)
             return p, p

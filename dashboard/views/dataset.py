@@ -20,6 +20,7 @@ from dashboard.components.browse import (
 )
 from dashboard.components.text import escape_markdown
 from dashboard.resources import app_context, thumbnail
+from dashboard.sections import metadata as metadata_section
 
 PER_PAGE = 24
 COLUMNS = 4
@@ -78,6 +79,7 @@ filters = Filters(
     tuple(true_sel), tuple(final_sel), correct, route, flipped, sort if have else "file name", tuple(chosen_rels)
 )
 table = apply_filters(browse_table(items, preds, normal_index, t, saved, rule), filters)
+table = metadata_section.filter_and_sort(ctx, table)
 if preds is not None and preds.failed:
     st.warning(f"{len(preds.failed)} image(s) could not be read and have no outcome.", icon=":material/broken_image:")
 
@@ -85,8 +87,8 @@ st.caption(f"{len(table)} of {len(items)} images of '{split}' match.")
 if table.empty:
     st.stop()
 pages = max(1, -(-len(table) // PER_PAGE))
-# A new filter starts again at page 1: the widget's key follows the filters.
-digest = hashlib.sha1(repr((split, filters, t, rule)).encode()).hexdigest()[:8]
+# A new filter starts again at page 1: the widget's key follows the filters (metadata ones through the count).
+digest = hashlib.sha1(repr((split, filters, t, rule, len(table))).encode()).hexdigest()[:8]
 page = st.pagination(pages, key=f"dataset_page_{digest}") if pages > 1 else 1
 rows = list(table.iloc[(page - 1) * PER_PAGE : page * PER_PAGE].itertuples(index=False))
 by_rel = ctx.items_by_rel

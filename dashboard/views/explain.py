@@ -12,6 +12,7 @@ from dashboard.components.charts import probability_bars
 from dashboard.components.diagram import StageBox, cascade_dot
 from dashboard.components.narrative import decision_steps, flip_sentence, pct, would_have_said
 from dashboard.resources import app_context, failing_part, fit_within, predict_image
+from dashboard.sections import metadata as metadata_section
 
 ctx = app_context()
 st.title("Explain an image")
@@ -33,6 +34,7 @@ with left:
     st.image(fit_within(picked.image, 640), caption=f"{picked.title} · {w}×{h} px", width="stretch")
     if picked.item is not None:
         st.caption(f"True class (folder): **{picked.item.label}**")
+    metadata_section.show_for_image(ctx, picked.item)
 with right:
     st.markdown(f"### Answer: **{decision.label}** · {pct(decision.confidence)} (stage {decision.decided_by})")
     st.plotly_chart(

@@ -25,6 +25,8 @@ from dashboard.components.charts import (
 )
 from dashboard.components.stages import stage_comparison
 from dashboard.resources import app_context
+from dashboard.sections import calibration as calibration_section
+from dashboard.sections import metadata as metadata_section
 
 SAVE_RESULT_KEY = "gate_save_result"
 
@@ -185,6 +187,8 @@ else:
         state.select_image(flipped["image"].iloc[rows[0]])
         st.switch_page("views/explain.py")
 
+metadata_section.gate_plot(ctx, preds)
+
 st.subheader("Suggested gates")
 c = st.columns(2)
 target = c[0].number_input("Abnormal sensitivity target", 0.5, 1.0, 0.95, 0.01, format="%.2f")
@@ -215,6 +219,8 @@ def _save(path: str, threshold: float, rule_value: str) -> None:
     except (CascadeError, OSError) as exc:
         st.session_state[SAVE_RESULT_KEY] = ("error", f"Could not save the gate: {exc}")
 
+
+calibration_section.render(ctx, preds)
 
 st.subheader("Save")
 unchanged = abs(t - saved) < 1e-9 and rule is cfg.rule

@@ -52,11 +52,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise TimeoutError("streamlit did not become healthy")
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_config, tiny_dataset, tmp_path_factory):
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str], log: Path):
+    """``streamlit run dashboard/Home.py`` on a free port with ``env``; yields its URL, fails on a logged traceback."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = dict(os.environ, KNEE_CASCADE_CONFIG=str(tiny_config), KNEE_CASCADE_DATA=str(tiny_dataset))
     cmd = [
         sys.executable,
         "-m",
@@ -71,7 +70,7 @@ def app_url(tiny_config, tiny_dataset, tmp_path_factory):
         "true",
     ]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **env), stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, proc)
@@ -84,6 +83,15 @@ def app_url(tiny_config, tiny_dataset, tmp_path_factory):
                 proc.kill()
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_config, tiny_dataset, tmp_path_factory):
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with streamlit_server(
+        {"KNEE_CASCADE_CONFIG": str(tiny_config), "KNEE_CASCADE_DATA": str(tiny_dataset)}, log
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

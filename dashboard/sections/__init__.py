@@ -1,0 +1,1 @@
+"""Streamlit sections several pages place with one call each: calibration and metadata."""
