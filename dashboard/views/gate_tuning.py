@@ -209,8 +209,6 @@ for g in suggest_gates(s, target, ratio):
         width="stretch",
     )
 
-# Further sections (calibration, metadata: dashboard/sections/) are called here, one line each, before Save.
-
 
 def _save(path: str, threshold: float, rule_value: str) -> None:
     try:
