@@ -223,7 +223,7 @@ def _press_run_both_stages(split: str, cache_dir: str) -> float:
     """Wall time of pressing "Run both stages" on Gate tuning (AppTest) into an empty prediction cache."""
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import resources, state
+    from dashboard import resources
 
     os.environ["KNEE_CASCADE_CACHE"] = cache_dir
     store, lock = resources._memory()
@@ -232,9 +232,8 @@ def _press_run_both_stages(split: str, cache_dir: str) -> float:
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=1800)
     at.run()
     at.switch_page("views/gate_tuning.py").run()
-    at.session_state[state.SPLIT_KEY] = split
-    at.run()
-    button = next(b for b in at.button if b.label.startswith("Run both stages"))
+    next(w for w in at.selectbox if w.label == "Split").set_value(split).run()
+    button = next(b for b in at.button if b.label == f"Run both stages on '{split}'")
     start = time.perf_counter()
     button.click().run()
     seconds = time.perf_counter() - start
