@@ -15,6 +15,7 @@ import plotly.io as pio
 from cascade.sweep import Sweep
 from dashboard.components import glossary
 from dashboard.components.glossary import definition
+from dashboard.components.numbers import gate_text, percent_labels
 
 GATE_COLOUR = "#ff9f1c"
 SAVED_COLOUR = "#9ca3af"
@@ -58,7 +59,7 @@ def probability_bars(
             orientation="h",
             marker_color=[_colour(i) for i in y],
             opacity=0.45 if faded else 0.95,
-            text=[f"{100 * p:.0f} %" for p in probs],
+            text=percent_labels(probs),
             textposition="outside",
             cliponaxis=False,
             hovertemplate="%{customdata}: %{x:.3f}<extra></extra>",
@@ -77,7 +78,7 @@ def probability_bars(
         fig.add_annotation(  # just above the normal bar, on a dark ground so it reads over any bar colour
             x=gate,
             y=normal_index - 0.5,
-            text=f"gate {gate:.2f}",
+            text=f"gate {gate_text(gate)}",
             showarrow=False,
             yanchor="bottom",
             font={"color": GATE_COLOUR},
@@ -101,7 +102,7 @@ def _gate_lines(fig: go.Figure, current: float, saved: float | None) -> None:
 
     Plain shapes and annotations in one layout update: ``add_vline`` costs tens of milliseconds per line.
     """
-    lines = [(current, {"color": GATE_COLOUR, "width": 2}, f"gate {current:.2f}", 1.0, "bottom")]
+    lines = [(current, {"color": GATE_COLOUR, "width": 2}, f"gate {gate_text(current)}", 1.0, "bottom")]
     if saved is not None and abs(saved - current) > 1e-9:
         lines.insert(0, (saved, {"color": SAVED_COLOUR, "dash": "dot"}, "saved", 0.0, "bottom"))
     shapes = [*fig.layout.shapes]

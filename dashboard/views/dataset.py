@@ -60,7 +60,7 @@ with st.container(border=True):
     c = st.columns([2, 3], vertical_alignment="bottom")
     sort = c[0].selectbox("Sort by", list(SORTS), disabled=not have, **_keep("sort"))
     flipped = c[1].checkbox(
-        f"Only images whose answer differs from the saved gate ({saved:.2f})",
+        f"Only images whose answer differs from the saved gate ({state.gate_text(saved)})",
         disabled=not have,
         help="Move the gate slider in the sidebar to see which answers change.",
         **_keep("flipped_only"),

@@ -77,7 +77,7 @@ def _selected_rels(points) -> list[str]:
 
 
 def _strip_why(points) -> str:
-    return f"{len(points)} point(s) of the P(normal) strip at gate {t:.2f}."
+    return f"{len(points)} point(s) of the P(normal) strip at gate {state.gate_text(t)}."
 
 
 def _flow_why(points) -> str:
@@ -88,7 +88,7 @@ def _flow_why(points) -> str:
             true, routed, final = (int(v) for v in custom)
             where = "sent to stage 2" if routed else "settled by stage 1"
             parts.append(f"true {classes[true]}, {where}" + (f", final {classes[final]}" if final >= 0 else ""))
-    return f"{'; '.join(parts)} (gate {t:.2f})."
+    return f"{'; '.join(parts)} (gate {state.gate_text(t)})."
 
 
 st.subheader("What the gate sees")
@@ -112,7 +112,7 @@ if never.any():
     )
 
 st.subheader("Stage 1 alone, stage 2 alone and the cascade")
-table = stage_comparison(preds.p1, preds.p2, preds.labels, classes, ni, t, rule, f"{t:.2f}")
+table = stage_comparison(preds.p1, preds.p2, preds.labels, classes, ni, t, rule, state.gate_text(t))
 numeric = [c for c in table.columns if c != "what it means"]
 # One decimal, as the headline metrics above: the same number reads the same everywhere on the page.
 shown = table.copy()
@@ -154,7 +154,7 @@ both = {r.value: sweep(preds.p1, preds.p2, preds.labels, ni, DEFAULT_THRESHOLDS,
 st.plotly_chart(rule_curves(both, state.RULE_LABELS, t), width="stretch", key="curves_rules")
 
 st.subheader("Answers that change when the gate moves")
-st.caption(f"Saved gate {saved:.2f} → slider {t:.2f} ({state.RULE_LABELS[rule.value]}).")
+st.caption(f"Saved gate {state.gate_text(saved)} → slider {state.gate_text(t)} ({state.RULE_LABELS[rule.value]}).")
 before = decide_batch(preds.p1, preds.p2, ni, saved, rule)
 flips = np.flatnonzero(before.final != now.final)
 if len(flips) == 0:
@@ -165,8 +165,8 @@ else:
         {
             "image": [preds.rels[i] for i in flips],
             "true class": names[preds.labels[flips]],
-            f"answer at {saved:.2f}": names[before.final[flips]],
-            f"answer at {t:.2f}": names[now.final[flips]],
+            f"answer at {state.gate_text(saved)}": names[before.final[flips]],
+            f"answer at {state.gate_text(t)}": names[now.final[flips]],
             "P(normal), stage 1": preds.p1[flips, ni],
         }
     )
@@ -198,7 +198,7 @@ ratio = c[1].number_input(
 for g in suggest_gates(s, target, ratio):
     row = st.columns([3, 1, 5, 1.2], vertical_alignment="center")
     row[0].markdown(f"**{g.title}**")
-    row[1].markdown("—" if g.threshold is None else f"`{g.threshold:.2f}`")
+    row[1].markdown("—" if g.threshold is None else f"`{state.gate_text(g.threshold)}`")
     row[2].caption(g.why)
     row[3].button(
         "Apply",
@@ -213,7 +213,10 @@ for g in suggest_gates(s, target, ratio):
 def _save(path: str, threshold: float, rule_value: str) -> None:
     try:
         save_gate(path, threshold, rule_value)
-        st.session_state[SAVE_RESULT_KEY] = ("ok", f"Saved gate {threshold:.2f} ({rule_value}) to `{path}`.")
+        st.session_state[SAVE_RESULT_KEY] = (
+            "ok",
+            f"Saved gate {state.gate_text(threshold)} ({rule_value}) to `{path}`.",
+        )
     except (CascadeError, OSError) as exc:
         st.session_state[SAVE_RESULT_KEY] = ("error", f"Could not save the gate: {exc}")
 
@@ -223,7 +226,7 @@ calibration_section.render(ctx, preds)
 st.subheader("Save")
 unchanged = abs(t - saved) < 1e-9 and rule is cfg.rule
 st.button(
-    f"Save gate {t:.2f} ({state.RULE_LABELS[rule.value]}) to the config",
+    f"Save gate {state.gate_text(t)} ({state.RULE_LABELS[rule.value]}) to the config",
     type="primary",
     disabled=unchanged,
     on_click=_save,

@@ -89,7 +89,8 @@ colormap = COLORMAPS[cmap]
 def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     """One overlay with its caption, faithfulness score and download button."""
     cam = cams.maps[cls]
-    blended = overlay(view, cam, alpha, colormap)
+    mode = cascade.backend(stage).spec.preprocess  # the map goes back through this stage's resize
+    blended = overlay(view, cam, alpha, colormap, mode)
     slot.image(blended, width="stretch")
     slot.caption(f"Stage {stage} · **{classes[cls]}** ({pct(stage_probs[stage][cls])}) · {METHODS[cams.method].label}")
     empty = float(cam.max()) <= 0.0
@@ -100,7 +101,7 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
             with st.spinner("Scoring faithfulness…"):
                 score = faithfulness_score(ctx, stage, picked.token, picked.image, cams.method, cls, metric, cam)
             slot.markdown(f"Faithfulness ({METRIC_LABELS[metric]}): **{score:+.3f}**")
-    full = overlay(picked.image, cam, alpha, colormap)
+    full = overlay(picked.image, cam, alpha, colormap, mode)
     slot.download_button(
         "Download PNG",
         to_png_bytes(full),

@@ -42,7 +42,7 @@ for stage, backend in ((1, b1), (2, b2)):
         st.markdown(f"Classes: {', '.join(spec.classes)}  \nBackend: `{backend.describe()}`")
         st.caption(f"Why this backend: {cascade.reasons.get(stage, 'not stated')}")
         st.caption(f"Folder: `{spec.model_dir}`")
-st.caption(f"Config: `{cfg.path}` · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})")
+st.caption(f"Config: `{cfg.path}` · saved gate {state.gate_text(cfg.threshold)} ({state.RULE_LABELS[cfg.rule.value]})")
 st.caption(f"Machine: {machine_summary()}")
 
 st.subheader("Dataset")

@@ -114,7 +114,8 @@ def test_calibration_reaches_every_probability_the_pages_use(app_env, tiny_datas
     predictions come back calibrated, and one image's stage-1 probabilities too; switched off, raw again."""
     import numpy as np
 
-    from cascade.calibration import CalibrationSettings, apply_temperature, save_calibration
+    from cascade.calibration import CalibrationSettings, apply_temperature
+    from cascade.config import save_calibration
     from dashboard.resources import build_context, predict_image, split_predictions
     from dashboard.state import Sources
     from tests.conftest import make_knee_like

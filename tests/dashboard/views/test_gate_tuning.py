@@ -10,6 +10,7 @@ from cascade.gate import decide_batch
 from cascade.predcache import cached_predictions
 from cascade.sweep import DEFAULT_THRESHOLDS, sweep
 from dashboard.components.browse import CHOSEN_KEY
+from dashboard.components.numbers import gate_text
 from tests.dashboard.conftest import assert_clean, ensure_predictions, open_app, widget
 
 
@@ -65,7 +66,7 @@ def test_stage_comparison_follows_the_gate(app_env, tiny_dataset):
     for t in (0.0, 1.0):
         _set_gate(at, t)
         table = next(d.value for d in at.dataframe if "what it means" in d.value.columns)
-        column = f"cascade at gate {t:.2f}"
+        column = f"cascade at gate {gate_text(t)}"
         d = decide_batch(preds.p1, preds.p2, 0, t)
         assert table.loc["accuracy", column] == _pct((d.final == preds.labels).mean())
         assert table.loc["sent to stage 2", column] == _pct(d.routed.mean())
