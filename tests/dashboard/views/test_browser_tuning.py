@@ -32,5 +32,6 @@ def test_a_click_on_a_flow_count_filters_the_dataset_page(app_url, browser):  # 
     page.get_by_role("heading", name="Dataset").first.wait_for(timeout=60_000)
     settle(page)
     assert page.get_by_text("chosen on Gate tuning").count() == 1
+    assert re.search(r"gate=0\.60*(&|$)", page.url), page.url  # the saved gate 0.6 came along
     assert page.get_by_text(re.compile(rf"^{expected} of \d+ images of 'test' match")).count() == 1
     assert_clean(page, "dataset_from_flows")
