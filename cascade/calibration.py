@@ -6,7 +6,8 @@ equal-mass bins, Brier score, negative log-likelihood; top-label and one-vs-rest
 temperature per stage: ``softmax(log p / T)``. The folders' ONNX files end in a softmax, so ``log p`` equals the logits
 up to a per-row constant, which softmax ignores: T fitted on log-probabilities is T fitted on the logits.
 
-The fitted temperatures live in the cascade config's ``[calibration]`` table (never in the checkpoint):
+The fitted temperatures live in the cascade config's ``[calibration]`` table (never in the checkpoint), written by
+``cascade.config.save_calibration``:
 
     [calibration]
     enabled = true            # apply the temperatures everywhere probabilities are used
@@ -14,7 +15,7 @@ The fitted temperatures live in the cascade config's ``[calibration]`` table (ne
     stage2_temperature = 1.21
     fitted_on = "val split of /data/knee (120 images), 2026-12-02"
 
-Pure NumPy (and tomlkit for writing the table): no torch, so the dashboard's first page can import it.
+Pure NumPy: no torch, so the dashboard's first page can import it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,10 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tomlkit
 
 from cascade.errors import CascadeError, ConfigError
-from cascade.fileio import write_atomic
 
 #: Probabilities are clipped to at least this before taking logs (a softmax output of exactly 0 has log −inf).
 EPS = 1e-12
@@ -295,6 +293,15 @@ class CalibrationSettings:
         """The temperatures to apply: the fitted ones when switched on, (1, 1) (raw probabilities) when off."""
         return (self.stage1_temperature, self.stage2_temperature) if self.enabled else (1.0, 1.0)
 
+    def table(self) -> dict[str, object]:
+        """The ``[calibration]`` keys as written to the config (``cascade.config.save_calibration``)."""
+        return {
+            "enabled": bool(self.enabled),
+            "stage1_temperature": round(_check_temperature(self.stage1_temperature), 4),
+            "stage2_temperature": round(_check_temperature(self.stage2_temperature), 4),
+            "fitted_on": str(self.fitted_on),
+        }
+
     def describe(self) -> str:
         """One line for a sidebar or a log: on/off and the temperatures."""
         if not self.fitted:
@@ -320,23 +327,6 @@ def parse_calibration(section: Mapping | None, where: str | os.PathLike = "confi
         except (CalibrationError, TypeError, ValueError):
             raise ConfigError(f"'{where}' [calibration]: {key} must be a positive number, got {raw!r}") from None
     return CalibrationSettings(bool(enabled), temps[0], temps[1], str(section.get("fitted_on", "")))
-
-
-def save_calibration(path: str | os.PathLike, settings: CalibrationSettings) -> None:
-    """Write the ``[calibration]`` table into an existing config, keeping every other key and comment (tomlkit)."""
-    from cascade.config import load_config  # config imports this module for [calibration]
-
-    p = Path(path)
-    load_config(p)  # a missing or invalid config is refused before anything is written
-    doc = tomlkit.parse(p.read_text(encoding="utf-8"))
-    if SECTION not in doc:
-        doc[SECTION] = tomlkit.table()
-    sec = doc[SECTION]
-    sec["enabled"] = bool(settings.enabled)
-    sec["stage1_temperature"] = round(_check_temperature(settings.stage1_temperature), 4)
-    sec["stage2_temperature"] = round(_check_temperature(settings.stage2_temperature), 4)
-    sec["fitted_on"] = settings.fitted_on
-    write_atomic(p, tomlkit.dumps(doc))
 
 
 def stage_calibration(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 
+from cascade.calibration import SECTION as CALIBRATION_SECTION
 from cascade.calibration import CalibrationSettings, parse_calibration
 from cascade.errors import ConfigError
 from cascade.fileio import atomic_path
@@ -108,10 +110,37 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
     Raises :class:`StaleConfigError` when the file is no longer a valid config, and ConfigError when it may not be
     written; in both cases the file is left untouched.
     """
-    link = Path(path)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ConfigError(f"gate threshold must lie in [0, 1], got {threshold}")
     parsed_rule = GateRule.parse(rule).value if rule is not None else None
+
+    def edit(doc: tomlkit.TOMLDocument) -> None:
+        if "gate" not in doc:
+            doc["gate"] = tomlkit.table()
+        doc["gate"]["threshold"] = round(float(threshold), 4)
+        if parsed_rule is not None:
+            doc["gate"]["rule"] = parsed_rule
+
+    _update_config(path, edit, "the gate")
+
+
+def save_calibration(path: str | os.PathLike, settings: CalibrationSettings) -> None:
+    """Write the ``[calibration]`` table (see :mod:`cascade.calibration`) into an existing config, as ``save_gate``
+    writes the gate: every other key, comment, mode, line ending and BOM kept, atomically, never over a stale file."""
+    values = settings.table()
+
+    def edit(doc: tomlkit.TOMLDocument) -> None:
+        if CALIBRATION_SECTION not in doc:
+            doc[CALIBRATION_SECTION] = tomlkit.table()
+        for key, value in values.items():
+            doc[CALIBRATION_SECTION][key] = value
+
+    _update_config(path, edit, "the calibration")
+
+
+def _update_config(path: str | os.PathLike, edit: Callable[[tomlkit.TOMLDocument], None], what: str) -> None:
+    """Apply ``edit`` to a valid config's document and write it back the way the file was (see the module doc)."""
+    link = Path(path)
     p = link.resolve()  # a symlinked config is written at its target; the link stays a link
     text, bom, crlf = _read_text(p)
     try:
@@ -120,13 +149,9 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
     except ConfigError as exc:
         raise StaleConfigError(
             f"the config '{link}' is no longer valid (was it edited since it was loaded?): {exc}. "
-            "The gate was not saved; fix the file or reload the app"
+            f"{what[0].upper()}{what[1:]} was not saved; fix the file or reload the app"
         ) from exc
-    if "gate" not in doc:
-        doc["gate"] = tomlkit.table()
-    doc["gate"]["threshold"] = round(float(threshold), 4)
-    if parsed_rule is not None:
-        doc["gate"]["rule"] = parsed_rule
+    edit(doc)
     out = tomlkit.dumps(doc)
     if crlf:
         out = out.replace("\n", "\r\n")
@@ -140,7 +165,7 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
         problem = f"its folder '{p.parent}' is not writable"
     if problem:
         raise ConfigError(
-            f"cannot save the gate to '{link}': {problem}; make it writable, or copy the config somewhere writable "
+            f"cannot save {what} to '{link}': {problem}; make it writable, or copy the config somewhere writable "
             "and open that one"
         )
     try:
@@ -148,4 +173,4 @@ def save_gate(path: str | os.PathLike, threshold: float, rule: GateRule | str | 
             tmp.write_bytes(data)
             os.chmod(tmp, mode)  # the replacement keeps the original's permissions
     except OSError as exc:
-        raise ConfigError(f"cannot save the gate to '{link}': {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot save {what} to '{link}': {exc.strerror or exc}") from exc

@@ -19,7 +19,9 @@ from dashboard import sidebar  # noqa: E402
 from dashboard.components.pages import PAGES  # noqa: E402
 from dashboard.context import CONTEXT_KEY  # noqa: E402
 
-st.set_page_config(page_title="Knee X-ray cascade", page_icon=":material/radiology:", layout="wide")
+# A local icon: a Material icon or emoji as page_icon makes the browser fetch the favicon from the internet.
+FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"
+st.set_page_config(page_title="Knee X-ray cascade", page_icon=str(FAVICON), layout="wide")
 
 page = st.navigation([st.Page(p.file, title=p.title, icon=p.icon, default=p.default) for p in PAGES])
 try:

@@ -23,12 +23,12 @@ import numpy as np
 import streamlit as st
 
 from cascade.config import CascadeConfig
-from cascade.dataset import DatasetIndex, Item, index_dataset
+from cascade.dataset import DatasetIndex, Item, index_dataset, read_item
 from cascade.errors import CascadeError, ImageReadError
 from cascade.explain import CamMaps, RandomBaseline, StageExplainer
 from cascade.fileio import file_sha256
 from cascade.gate import GateRule
-from cascade.images import read_image, read_image_bytes
+from cascade.images import read_image_bytes
 from cascade.pipeline import Cascade
 from cascade.predcache import Predictions, cache_key, cache_path, cached_predictions, load_predictions
 from dashboard.state import prediction_cache_dir
@@ -54,12 +54,21 @@ def _stamp(path: Path) -> str:
 
 
 def _tree_stamp(root: Path) -> str:
-    """Identity of a dataset tree's listing: every folder's stamp (a file added or removed changes its folder's)."""
-    parts = [_stamp(root)]
-    for folder, dirs, _files in os.walk(root):
-        dirs.sort()
-        parts += [f"{folder}/{d}={_stamp(Path(folder) / d)}" for d in dirs]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+    """Identity of every folder under ``root`` (mtime, inode): adding, removing or renaming a file anywhere changes it.
+
+    The root's own mtime is not enough: it does not change when a file inside a class folder is added or removed.
+    Files overwritten in place keep their folder's mtime; their predictions and thumbnails are keyed on each file's
+    own identity (``DatasetIndex.fingerprint``, ``_stamp``), not on this.
+    """
+    parts = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            continue
+        parts.append(f"{dirpath}:{info.st_mtime_ns}:{info.st_ino}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest() if parts else _stamp(root)
 
 
 def _release_cascade(cascade: Cascade) -> None:
@@ -106,6 +115,7 @@ def _index(root: str, token: str) -> DatasetIndex:
 
 
 def open_index_cached(root: str) -> DatasetIndex:
+    """The dataset's index, rebuilt when any folder in it changed (re-checked on every run: one stat per folder)."""
     path = Path(root).expanduser()
     return _index(str(path), _tree_stamp(path))
 
@@ -150,8 +160,12 @@ def tensorrt_buildable() -> bool:
 
 
 @st.cache_resource(max_entries=32)
-def _prediction_key(_cascade: Cascade, token: str, _index: DatasetIndex, root: str, count: int, split: str) -> str:
-    """Cache key of a split: hashing the checkpoints once per loaded cascade, not on every rerun."""
+def _prediction_key(_cascade: Cascade, token: str, _index: DatasetIndex, root: str, files: str, split: str) -> str:
+    """Cache key of a split: hashing the checkpoints once per loaded cascade and file list, not on every rerun.
+
+    ``files`` is the split's fingerprint (each file's size, mtime and inode), taken on every run: an image overwritten
+    while the app runs gives a new key, so its old predictions are never shown again.
+    """
     return cache_key(_cascade, _index, split)
 
 
@@ -163,7 +177,7 @@ def _memory() -> tuple[OrderedDict[str, Predictions], threading.Lock]:
 def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Predictions | None:
     """The split's predictions from memory or disk; computed (with a progress bar) only when ``compute``."""
     cascade, index = ctx.need_cascade(), ctx.need_index()
-    key = _prediction_key(cascade, ctx.cascade_token, index, str(index.root), len(index.items), split)
+    key = _prediction_key(cascade, ctx.cascade_token, index, str(index.root), index.fingerprint(split), split)
     store, lock = _memory()
     with lock:
         if key in store:
@@ -177,7 +191,8 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Running both stages: {done} / {total} images")
 
-        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress)
+        # The key is known: passing it spares hashing both checkpoints again (a few tenths of a second).
+        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress, key=key)
         bar.empty()
     if preds is not None:
         with lock:
@@ -196,8 +211,10 @@ CONTENT_HASH_LIMIT = 16 << 20
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _read_dataset_image(path: str, stamp: str) -> np.ndarray:
-    image = read_image(path)
+def _read_dataset_image(_item: Item, path: str, root: str, stamp: str) -> np.ndarray:
+    """``read_item``: the index-time error, or the file confined to the dataset root at read time (``path``, ``root``
+    and ``stamp`` are the cache key)."""
+    image = read_item(_item)
     if _stamp(Path(path)) != stamp:  # written to while being read: these pixels belong to no version of the file
         raise ImageReadError(f"'{path}' changed while it was being read; open it again")
     return image
@@ -215,6 +232,8 @@ def dataset_image(item: Item) -> tuple[np.ndarray, str]:
     taken on every call, so a file overwritten while the app runs gives new pixels and a new identity (and so new
     predictions and maps), and a removed one an ImageReadError that says so.
     """
+    if item.error:  # found at index time (FIFO, device, broken symlink...)
+        raise ImageReadError(item.error)
     stamp = _stamp(item.path)
     if stamp == "missing":
         raise ImageReadError(
@@ -225,7 +244,7 @@ def dataset_image(item: Item) -> tuple[np.ndarray, str]:
         token = f"file:{item.path}:{stamp}:{_content_hash(item.path, stamp)}"
     except OSError as exc:
         raise ImageReadError(f"'{item.rel}' cannot be read: {exc.strerror or exc}") from exc
-    return _read_dataset_image(str(item.path), stamp), token
+    return _read_dataset_image(item, str(item.path), str(item.root), stamp), token
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -243,16 +262,18 @@ def fit_within(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def _thumbnail(path: str, stamp: str, size: int) -> np.ndarray | str:
+def _thumbnail(_item: Item, path: str, root: str, stamp: str, size: int) -> np.ndarray | str:
     try:
-        return fit_within(read_image(path), size)
+        return fit_within(read_item(_item), size)
     except CascadeError as exc:
         return str(exc)
 
 
 def thumbnail(item: Item, size: int = THUMB_SIZE) -> np.ndarray | str:
     """A small copy of a dataset image, or the reason it cannot be read."""
-    return _thumbnail(str(item.path), _stamp(item.path), size)
+    if item.error:
+        return item.error
+    return _thumbnail(item, str(item.path), str(item.root), _stamp(item.path), size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

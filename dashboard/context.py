@@ -6,7 +6,6 @@ it, with what to do about it, and the rest of the app keeps working. The cached 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from cascade.dataset import DatasetIndex, Item
 from cascade.errors import CascadeError, CheckpointError, ConfigError
 from cascade.pipeline import Cascade
 from dashboard.caches import cascade_token, open_cascade_cached, open_index_cached
+from dashboard.components.text import escape_markdown
 from dashboard.state import ROOT, Sources, sources
 
 DEMO_MODELS = ROOT / "models" / "demo"
@@ -36,17 +36,12 @@ def _guidance(exc: Exception) -> str:
     return "Fix the input and try again; the rest of the app still works."
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])")
-
-
-def escape_md(text: object) -> str:
-    """``text`` shown as itself in Streamlit Markdown: file names with `*`, `_`, `<b>`, `:red[...]` or `$` included."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
-
-
 def show_error(what: str, exc: Exception) -> None:
-    """One clear message for a failed part of the page, never a traceback (file names in it shown as text)."""
-    st.error(f"**{escape_md(what)}**: {escape_md(exc)}\n\n{_guidance(exc)}", icon=":material/error:")
+    """One clear message for a failed part of the page, never a traceback (file names in it shown as text).
+
+    ``what`` and the exception are escaped here: callers pass them unescaped.
+    """
+    st.error(f"**{escape_markdown(what)}**: {escape_markdown(exc)}\n\n{_guidance(exc)}", icon=":material/error:")
 
 
 @contextmanager

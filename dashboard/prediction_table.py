@@ -41,7 +41,12 @@ def _split(path: str, stamp: str, token: str, root: str, count: int, split: str,
 
 
 def table_predictions(ctx: AppContext, split: str) -> Predictions:
-    """The split's predictions from the configured table; PredictionTableError (a message) when it does not fit."""
+    """The split's predictions from the configured table; PredictionTableError (a message) when it does not fit.
+
+    The table holds the models' raw probabilities, like the dashboard's own cache: the config's calibration (if any)
+    is applied on reading, as there.
+    """
     path = ctx.sources.predictions_path
     index = ctx.need_index()
-    return _split(path, _stamp(path), ctx.cascade_token, str(index.root), len(index.items), split, ctx)
+    preds = _split(path, _stamp(path), ctx.cascade_token, str(index.root), len(index.items), split, ctx)
+    return preds.with_temperatures(ctx.need_cascade().temperatures)

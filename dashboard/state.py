@@ -1,8 +1,11 @@
 """What every page shares: which cascade and dataset are open, the gate, the selected image.
 
-The gate (threshold and rule) lives in two sidebar widgets and is mirrored in the URL (``?gate=0.45&rule=top1``), so a
-link reproduces what its sender saw. Pages read the gate from here and
-never run a model to re-decide. Config and dataset paths come from the sidebar, seeded from environment variables
+The gate (threshold and rule) lives in plain session state under ``GATE_KEY`` / ``RULE_KEY``: the sidebar's widgets
+(a slider and a number box for the threshold, a radio for the rule) are drawn from it and write back to it, so no page
+switch can reset it (Streamlit drops a widget's own state when a run is cut short by ``st.switch_page``). It is
+mirrored in the URL (``?gate=0.456&rule=top1``), so a link reproduces what its sender saw. Thresholds have one
+precision everywhere (``dashboard.components.numbers.GATE_DECIMALS``). Pages read the gate from here and never run a
+model to re-decide. Config and dataset paths come from the sidebar, seeded from environment variables
 (handy for tests and deployments); they are not put in the URL, so a link cannot point the app at other folders.
 """
 
@@ -16,6 +19,7 @@ import streamlit as st
 
 from cascade.config import DEFAULT_CONFIG
 from cascade.gate import GateRule
+from dashboard.components.numbers import GATE_STEP, gate_text, quantize_gate  # noqa: F401 (pages use state.gate_text)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_CONFIG = "KNEE_CASCADE_CONFIG"
@@ -25,8 +29,11 @@ ENV_PREDICTIONS = "KNEE_CASCADE_PREDICTIONS"  # a Parquet table from `python -m 
 ENV_CACHE = "KNEE_CASCADE_CACHE"  # folder of the prediction cache (default: .cache/predictions in the repository)
 DEFAULT_DATA = ROOT / "sample_images"
 
-GATE_KEY = "gate"
+GATE_KEY = "gate"  # the threshold every page decides on (also the URL parameter's name)
 RULE_KEY = "rule"
+GATE_SLIDER_KEY = "gate_slider"  # widgets drawn from GATE_KEY / RULE_KEY each run
+GATE_INPUT_KEY = "gate_input"
+RULE_WIDGET_KEY = "rule_radio"
 CONFIG_KEY = "config_path"
 DATA_KEY = "data_path"
 BACKEND_KEY = "backend"
@@ -34,7 +41,7 @@ PREDICTIONS_KEY = "predictions_path"
 SPLIT_KEY = "split"
 SELECTED_KEY = "selected_image"  # rel path of a dataset image, or None
 IMAGE_PARAM = "img"
-GATE_STEP = 0.01
+DEFAULT_GATE = 0.6
 
 RULE_LABELS = {
     GateRule.P_NORMAL.value: "P(normal) ≥ t",
@@ -83,26 +90,46 @@ def gate() -> tuple[float, GateRule]:
     """The current gate threshold and rule (as set by the sidebar widgets)."""
     t = st.session_state.get(GATE_KEY)
     rule = st.session_state.get(RULE_KEY)
-    return (0.6 if t is None else float(t)), GateRule.parse(rule or GateRule.P_NORMAL.value)
+    return quantize_gate(DEFAULT_GATE if t is None else t), GateRule.parse(rule or GateRule.P_NORMAL.value)
 
 
 def set_gate(threshold: float, rule: GateRule | str | None = None) -> None:
     """Move the gate; use as a button callback (widgets may not be changed after they are drawn in a run)."""
-    st.session_state[GATE_KEY] = round(min(max(float(threshold), 0.0), 1.0), 4)
+    st.session_state[GATE_KEY] = quantize_gate(threshold)
     if rule is not None:
         st.session_state[RULE_KEY] = GateRule.parse(rule).value
 
 
-def select_image(rel: str) -> None:
+def select_image(rel: str | None) -> None:
     """Make a dataset image the one the Explain and Grad-CAM pages show."""
     st.session_state[SELECTED_KEY] = rel
 
 
 def selected_image() -> str | None:
-    """The selected dataset image: chosen on a page, or given in the URL (``?img=test/normal/x.png``) on arrival."""
-    chosen = st.session_state.get(SELECTED_KEY)
-    if chosen is None:
-        chosen = st.query_params.get(IMAGE_PARAM) or None
-        if chosen:
-            st.session_state[SELECTED_KEY] = chosen
-    return chosen
+    """The selected dataset image: chosen on a page, or given in the URL (``?img=test/normal/x.png``) on arrival.
+
+    The URL is read once per session; afterwards None means "no choice" (e.g. the split was changed).
+    """
+    if SELECTED_KEY not in st.session_state:
+        st.session_state[SELECTED_KEY] = st.query_params.get(IMAGE_PARAM) or None
+    return st.session_state[SELECTED_KEY]
+
+
+NOTICES_KEY = "_link_notices"
+
+
+def add_notice(name: str, message: str, while_value: object) -> None:
+    """Remember what was wrong with a link's parameter ``name``; it is shown while the fallback is still in use."""
+    st.session_state.setdefault(NOTICES_KEY, {})[name] = (message, while_value)
+
+
+def notice(name: str, current: object) -> str | None:
+    """The message about parameter ``name`` while ``current`` is still the value used instead; then it is dropped."""
+    notices = st.session_state.get(NOTICES_KEY) or {}
+    if name not in notices:
+        return None
+    message, value = notices[name]
+    if value != current:
+        del notices[name]
+        return None
+    return message

@@ -18,9 +18,8 @@ from cascade.calibration import (
     CalibrationSettings,
     calibration_report,
     fit_temperature,
-    save_calibration,
 )
-from cascade.config import load_config
+from cascade.config import load_config, save_calibration
 from cascade.dataset import index_dataset
 from cascade.errors import ConfigError
 from cascade.fileio import write_atomic

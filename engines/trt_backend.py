@@ -34,6 +34,7 @@ class TensorRTBackend(Backend):
     def __init__(self, spec: StageSpec, engine_path: str | os.PathLike, gpu: GpuInfo, precision: str = "") -> None:
         super().__init__(spec)
         self.engine_path = Path(engine_path)
+        self.model_file = self.engine_path  # the file this backend's answers come from (prediction cache keys)
         self.gpu = gpu
         self.precision = precision
         self._lock = threading.Lock()

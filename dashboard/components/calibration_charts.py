@@ -13,6 +13,7 @@ from cascade.calibration import ReliabilityBins
 from cascade.sweep import Suggestion
 from dashboard.components.charts import _LAYOUT as PLOT_LAYOUT  # the shared look of every figure
 from dashboard.components.charts import GATE_COLOUR
+from dashboard.components.numbers import gate_text
 
 RAW_COLOUR = "#f472b6"
 CALIBRATED_COLOUR = "#4ade80"
@@ -68,7 +69,7 @@ def reliability_figure(
         )
     if gate is not None:
         line = {"color": GATE_COLOUR, "width": 2}
-        fig.add_vline(x=gate, line=line, annotation={"text": f"gate {gate:.2f}"}, row=1, col=1)
+        fig.add_vline(x=gate, line=line, annotation={"text": f"gate {gate_text(gate)}"}, row=1, col=1)
         fig.add_vline(x=gate, line=line, row=2, col=1)
     fig.update_layout(
         title=title,

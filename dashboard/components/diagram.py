@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cascade.gate import GateRule
+from dashboard.components.numbers import gate_text
 
 LIT = "#ff9f1c"
 DIM = "#6b7280"
@@ -30,8 +31,8 @@ def gate_label(threshold: float, rule: GateRule | str) -> str:
     """The gate's question, as the diamond shows it."""
     rule = GateRule.parse(rule)
     if rule is GateRule.TOP1:
-        return f"normal on top\nand P(normal) ≥ {threshold:.2f}?"
-    return f"P(normal) ≥ {threshold:.2f}?"
+        return f"normal on top\nand P(normal) ≥ {gate_text(threshold)}?"
+    return f"P(normal) ≥ {gate_text(threshold)}?"
 
 
 def cascade_dot(

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from dashboard.components.charts import _LAYOUT as PLOT_LAYOUT  # the shared look of every figure
 from dashboard.components.charts import GATE_COLOUR, _colour
+from dashboard.components.numbers import gate_text
 
 Y_P_NORMAL = "Stage 1 P(normal)"
 Y_FINAL = "Final class"
@@ -72,7 +73,7 @@ def metadata_scatter(
         fig.add_hline(
             y=gate,
             line={"color": GATE_COLOUR, "width": 2},
-            annotation={"text": f"gate {gate:.2f}: above, stage 1 says normal", "font": {"color": GATE_COLOUR}},
+            annotation={"text": f"gate {gate_text(gate)}: above, stage 1 says normal", "font": {"color": GATE_COLOUR}},
             annotation_position="top left",
         )
         yaxis = {"title": Y_P_NORMAL, "range": [-0.02, 1.02], "tickformat": ".0%"}

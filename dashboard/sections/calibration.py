@@ -17,9 +17,9 @@ from cascade.calibration import (
     calibration_report,
     class_bins,
     fit_temperature,
-    save_calibration,
     top_label_bins,
 )
+from cascade.config import save_calibration
 from cascade.errors import CascadeError
 from cascade.predcache import Predictions
 from cascade.sweep import DEFAULT_THRESHOLDS, suggest_gates, sweep
@@ -130,7 +130,9 @@ def render(ctx: AppContext, preds: Predictions) -> None:
         "of images each. Brier: mean squared error of the probabilities; NLL: mean −log p(true class)."
     )
 
-    st.markdown("**How the suggested gates move** (stage 1's temperature moves P(normal); stage 2's changes no answer)")
+    st.markdown(
+        "**How calibration moves the gate suggestions** (stage 1's T moves P(normal); stage 2's changes no answer)"
+    )
     raw_sweep = sweep(raw.p1, raw.p2, y, ni, DEFAULT_THRESHOLDS, rule)
     cal_sweep = sweep(cal.p1, cal.p2, y, ni, DEFAULT_THRESHOLDS, rule)
     moves = gate_moves(suggest_gates(raw_sweep), suggest_gates(cal_sweep))

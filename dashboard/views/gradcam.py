@@ -21,7 +21,8 @@ from dashboard.caches import (
     warm_up_explainers,
 )
 from dashboard.components.narrative import pct
-from dashboard.context import app_context, escape_md, failing_part
+from dashboard.components.text import escape_markdown
+from dashboard.context import app_context, failing_part
 
 PREDICTED = "predicted class"
 DISPLAY_SIZE = 512
@@ -98,7 +99,7 @@ def show_map(stage: int, cls: int, cams, slot, section: str) -> None:
     slot.image(overlay(view, cam, alpha, colormap, mode), width="stretch")
     slot.caption(f"Stage {stage} · **{classes[cls]}** ({pct(stage_probs[stage][cls])}) · {METHODS[cams.method].label}")
     if stage == 2 and not stage2_ran:
-        slot.caption(f":orange[**{NOT_RUN}**]: stage 1 settled this image at gate {threshold:.2f}.")
+        slot.caption(f":orange[**{NOT_RUN}**]: stage 1 settled this image at gate {state.gate_text(threshold)}.")
     empty = float(cam.max()) <= 0.0
     if empty:
         slot.caption("No positive evidence for this class anywhere in the image (nothing to score).")
@@ -129,11 +130,11 @@ abnormal = [i for i in range(len(classes)) if i != ni]
 pair = abnormal[:2] if len(abnormal) >= 2 else []
 cols = st.columns(3)
 cols[0].image(view, width="stretch")
-cols[0].caption(escape_md(picked.title))
+cols[0].caption(escape_markdown(picked.title))
 if picked.item is not None:
-    cols[0].caption(f"True class (folder): **{escape_md(picked.item.label)}**")
+    cols[0].caption(f"True class (folder): **{escape_markdown(picked.item.label)}**")
 cols[0].caption(
-    f"Stage 2 {'ran' if stage2_ran else 'did not run'} for this image at gate {threshold:.2f} "
+    f"Stage 2 {'ran' if stage2_ran else 'did not run'} for this image at gate {state.gate_text(threshold)} "
     f"({state.RULE_LABELS[rule.value]})."
 )
 notes = set()
@@ -155,8 +156,8 @@ if pair and stage2_maps is not None:
     st.caption("Where stage 2 sees evidence for each abnormal class: the two maps side by side.")
     if not stage2_ran:
         st.caption(f":orange[**{NOT_RUN}**]: at this gate stage 1's answer stands, so stage 2 was not needed.")
-    slots = st.columns(3)
-    for slot, cls in zip(slots[:2], (a, b), strict=True):
+    slots = st.columns(len(pair))  # one column per abnormal class
+    for slot, cls in zip(slots, pair, strict=True):
         with slot:
             show_map(2, cls, stage2_maps, slot, "pair")
 for pending in pending_scores:

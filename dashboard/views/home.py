@@ -6,7 +6,8 @@ import streamlit as st
 from dashboard import state, widgets
 from dashboard.caches import machine_summary, tensorrt_buildable
 from dashboard.components.diagram import StageBox, cascade_dot
-from dashboard.context import app_context, escape_md, failing_part, is_demo
+from dashboard.components.text import escape_markdown
+from dashboard.context import app_context, failing_part, is_demo
 
 PREPROCESS_HELP = {
     "jetson": "nearest-pixel, as jetson-inference's imageNet feeds it",
@@ -72,31 +73,37 @@ for stage, backend in ((1, b1), (2, b2)):
         st.markdown(f"**Stage {stage}: {spec.arch}** · {spec.resolution} × {spec.resolution} px")
         mode = spec.preprocess
         st.markdown(f"Preprocessing: **{mode}** resize ({PREPROCESS_HELP.get(mode, 'see cascade.preprocess')})")
-        st.markdown(f"Classes: {escape_md(', '.join(spec.classes))}  \nBackend: **{escape_md(backend.describe())}**")
+        st.markdown(
+            f"Classes: {escape_markdown(', '.join(spec.classes))}  \nBackend: **{escape_markdown(backend.describe())}**"
+        )
         chosen, _, fell_back = reason.partition("not used: ")
-        st.caption(f"Why this backend: {escape_md(chosen.rstrip('; '))}")
+        st.caption(f"Why this backend: {escape_markdown(chosen.rstrip('; '))}")
         if fell_back:
-            st.caption(f":orange[Fell back from]: {escape_md(fell_back)}")
-        st.caption(f"Folder: {escape_md(spec.model_dir)}")
+            st.caption(f":orange[Fell back from]: {escape_markdown(fell_back)}")
+        st.caption(f"Folder: {escape_markdown(spec.model_dir)}")
 st.caption(
-    f"Config: {escape_md(cfg.path)} · saved gate {cfg.threshold:.2f} ({state.RULE_LABELS[cfg.rule.value]})"
-    f" · calibration {escape_md(cfg.calibration.describe())}"
+    f"Config: {escape_markdown(cfg.path)} · saved gate {state.gate_text(cfg.threshold)}"
+    f" ({state.RULE_LABELS[cfg.rule.value]})"
+    f" · calibration {escape_markdown(cfg.calibration.describe())}"
 )
-st.caption(f"Machine: {escape_md(machine_summary())}")
+st.caption(f"Machine: {escape_markdown(machine_summary())}")
 if tensorrt_buildable():
     build_engines(cfg)
 
 st.subheader("Dataset")
 if ctx.index is None:
     what, exc = ctx.errors["index"]
-    st.error(f"{what}: {exc}. Choose an ImageFolder dataset under **Models and data** in the sidebar.")
+    st.error(
+        f"{escape_markdown(what)}: {escape_markdown(exc)}. Choose an ImageFolder dataset under **Models and data** in "
+        "the sidebar."
+    )
 else:
     counts = ctx.index.counts()
     table = pd.DataFrame(counts).T.reindex(columns=list(ctx.index.classes))
     table["total"] = table.sum(axis=1)
     table.loc["total"] = table.sum(axis=0)
     st.dataframe(table, width="content")
-    st.caption(escape_md(ctx.index.root))
+    st.caption(escape_markdown(ctx.index.root))
 
     st.subheader("At the current gate")
     split = widgets.split_selector(ctx.index)

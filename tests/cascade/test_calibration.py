@@ -21,11 +21,10 @@ from cascade.calibration import (
     fit_temperature,
     nll,
     reliability_bins,
-    save_calibration,
     top_label_bins,
 )
 from cascade.checkpoint import StageSpec
-from cascade.config import load_config, save_gate
+from cascade.config import load_config, save_calibration, save_gate
 from cascade.errors import ConfigError
 from cascade.pipeline import Cascade
 from cascade.predcache import Predictions, load_predictions, save_predictions
@@ -255,3 +254,13 @@ def test_save_calibration_refuses_missing_and_invalid_configs(tmp_path):
     with pytest.raises(ConfigError, match="stage2"):
         save_calibration(bad, CalibrationSettings(True, 2.0, 2.0, "x"))
     assert bad.read_text() == "[stage1]\nmodel_dir = 'a'\n"
+
+
+def test_save_calibration_writes_like_save_gate_through_links_keeping_crlf(tiny_config, tmp_path):
+    target = tmp_path / "real.toml"
+    target.write_bytes(tiny_config.read_text().replace("\n", "\r\n").encode())
+    link = tmp_path / "link.toml"
+    link.symlink_to(target)
+    save_calibration(link, CalibrationSettings(True, 1.5, 1.5, "val"))
+    assert link.is_symlink() and b"\r\n[calibration]\r\n" in target.read_bytes()
+    assert load_config(link).temperatures == (1.5, 1.5)

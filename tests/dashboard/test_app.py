@@ -68,9 +68,9 @@ def test_slider_redecides_without_running_a_model(app_env):
     assert "(stage 2)" in high
     assert not any("What stage 2 would have said" in m.value for m in at.markdown)
     assert _calls(cascade) == calls
-    assert at.query_params["gate"] == "1.00"
+    assert at.query_params["gate"] == "1.000"
     flip = at.info[0].value
-    assert "threshold up to" in flip or "no threshold" in flip.lower()
+    assert "gate up to" in flip or "no gate" in flip.lower()
     assert_clean(at)
 
 

@@ -87,7 +87,8 @@ def test_dataset_filters_and_sorts_by_metadata(meta_env):
     at.run()
     assert_clean(at)
     assert next(c.value for c in at.caption if "match" in c.value).startswith("6 of 12")
-    names = [c.value.split("`")[1] for c in at.caption if c.value.startswith("`")]
+    cards = [c.value for c in at.caption if "  \ntrue **" in c.value]
+    names = [card.split("  \n")[0].replace("\\", "") for card in cards]  # shown escaped: osteoporosis\_3.png
     assert len(names) == 6 and names[0] == "osteoporosis_3.png"  # the densest F image first (file order: normal_1)
 
 
@@ -114,7 +115,8 @@ def test_calibration_reaches_every_probability_the_pages_use(app_env, tiny_datas
     predictions come back calibrated, and one image's stage-1 probabilities too; switched off, raw again."""
     import numpy as np
 
-    from cascade.calibration import CalibrationSettings, apply_temperature, save_calibration
+    from cascade.calibration import CalibrationSettings, apply_temperature
+    from cascade.config import save_calibration
     from dashboard.caches import predict_image, split_predictions
     from dashboard.context import build_context
     from dashboard.state import Sources

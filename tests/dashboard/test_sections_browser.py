@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from cascade.calibration import save_calibration
+from cascade.config import save_calibration
 from dashboard.bench import CHROMIUM
 from engines.calibrate import calibrate
 from tests.conftest import ROOT
@@ -47,7 +47,7 @@ def test_calibration_and_metadata_on_the_pages(demo_url, browser):  # noqa: F811
     page = open_page(browser, f"{demo_url}/gate_tuning")
     settle(page)
     page.get_by_role("button", name=re.compile("Run both stages")).click()
-    page.get_by_text("How the suggested gates move").first.wait_for(timeout=180_000)
+    page.get_by_text("How calibration moves the gate suggestions").first.wait_for(timeout=180_000)
     settle(page)
     assert_clean(page, "gate_tuning")
     body = page.inner_text("body")

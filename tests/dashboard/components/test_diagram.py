@@ -17,7 +17,7 @@ def _colour(dot: str, line_start: str) -> str:
 def test_unlit_diagram_names_the_stages_and_the_gate():
     dot = cascade_dot(S1, S2, 0.6, "p_normal")
     assert dot.startswith("digraph") and dot.rstrip().endswith("}")
-    assert "P(normal) ≥ 0.60?" in dot and "resnet18 · 128 px" in dot
+    assert "P(normal) ≥ 0.600?" in dot and "resnet18 · 128 px" in dot
     assert 'torch \\"cpu\\"' in dot  # quotes escaped
     assert LIT not in dot
 
@@ -33,4 +33,9 @@ def test_route_through_stage_two_is_lit():
 def test_route_settled_by_the_gate_is_lit():
     dot = cascade_dot(S1, S2, 0.3, "top1", path=1, final_label="normal 80 %")
     assert _colour(dot, "gate -> out1") == LIT and _colour(dot, "s2 [") == DIM
-    assert "normal on top\\nand P(normal) ≥ 0.30?" in dot
+    assert "normal on top\\nand P(normal) ≥ 0.300?" in dot
+
+
+def test_the_gate_is_written_at_the_gate_precision():
+    dot = cascade_dot(S1, S2, 0.456, "p_normal")
+    assert "P(normal) ≥ 0.456?" in dot  # not 0.46: the value shown is the value decided on
