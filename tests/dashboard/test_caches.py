@@ -53,3 +53,50 @@ def test_evicted_cascade_closes_its_backends(tiny_config, tiny_dataset, monkeypa
     ctx = build_context(Sources(str(tiny_config), str(tiny_dataset), "torch"))
     st.cache_resource.clear()  # what the sidebar's reload does; max_entries evictions call the same hook
     assert ctx.cascade.backend1 in closed and ctx.cascade.backend2 in closed
+
+
+def test_dataset_images_are_read_inside_the_dataset_root(tmp_path, tiny_dataset):
+    """A file swapped for a symlink that leaves the dataset after indexing is refused (read_item), by the page's
+    image and by its thumbnail alike."""
+    import shutil
+
+    import pytest
+
+    from cascade.dataset import index_dataset
+    from cascade.errors import ImageReadError
+    from dashboard.caches import dataset_image, thumbnail
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "test", root / "test")
+    item = index_dataset(root).select("test")[0]
+    assert dataset_image(item)[0].ndim == 2 and not isinstance(thumbnail(item), str)
+    outside = tmp_path / "outside.png"
+    shutil.copy(item.path, outside)
+    item.path.unlink()
+    item.path.symlink_to(outside)
+    with pytest.raises(ImageReadError, match="outside"):
+        dataset_image(item)
+    assert "outside" in thumbnail(item)
+
+
+def test_a_recomputed_cache_entry_says_so():
+    """``Predictions.notice`` (an invalid cached entry was recomputed) is shown where the predictions are fetched."""
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        import numpy as np
+
+        from cascade.predcache import Predictions
+        from dashboard.widgets import _with_notice
+
+        empty = np.zeros((0, 3), np.float32)
+        notice = "The cached predictions 'x_*.npz' were discarded and recomputed: bad."
+        _with_notice(Predictions(empty, empty, np.zeros(0, np.int64), (), ("a", "b", "c"), "test", notice=notice))
+        _with_notice(Predictions(empty, empty, np.zeros(0, np.int64), (), ("a", "b", "c"), "test"))
+
+    from dashboard.components.text import escape_markdown
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    notice = "The cached predictions 'x_*.npz' were discarded and recomputed: bad."
+    assert [i.value for i in at.info] == [escape_markdown(notice)]  # once, for the entry that has one; as text
