@@ -2,9 +2,10 @@
 
 The dashboard browses, filters and caches predictions by this index; it never serves a file that resolves outside the
 chosen root (symlinks included). Containment is checked twice: when the folder is indexed and again when a file is
-read (:func:`read_item`), so a file swapped for a symlink out of the root after indexing is refused. Entries that are
-not regular files (FIFOs, sockets, devices, broken symlinks, symlink loops) are indexed as items with an ``error`` and
-never opened.
+read (:func:`read_item`), so a file swapped for a symlink out of the root after indexing is refused. A split or class
+folder that links out of the root is skipped whole. Entries that are not regular files (FIFOs, sockets, devices, broken
+symlinks, symlink loops) are indexed as items with an ``error`` and never opened. Listing uses ``os.scandir``: a
+regular file's type comes with the directory listing, so only symlinks and special files cost a system call.
 """
 
 from __future__ import annotations
