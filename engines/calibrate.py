@@ -22,7 +22,7 @@ from cascade.calibration import (
 from cascade.config import load_config, save_calibration
 from cascade.dataset import index_dataset
 from cascade.errors import ConfigError
-from cascade.fileio import write_atomic
+from cascade.fileio import check_output_path, write_atomic
 from cascade.predcache import DEFAULT_CACHE_DIR, cached_predictions
 
 
@@ -94,6 +94,8 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_path(args.out, "the JSON file")  # before the predictions, not after
     settings, report = calibrate(
         args.data,
         args.split,

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -26,7 +25,7 @@ from cascade.cli import CliParser, positive_int, run_cli
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import iter_image_files
 from cascade.errors import CascadeError
-from cascade.fileio import write_atomic
+from cascade.fileio import check_output_path, write_atomic
 from cascade.images import read_image
 from cascade.metadata import metadata_lines
 from cascade.predcache import iter_predictions
@@ -85,9 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = list(iter_image_files(args.paths))
     if not files:
         raise CascadeError(f"no image files found in {' '.join(args.paths)}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise CascadeError(f"--out '{out}' is a folder; name the CSV file to write")
+    out = check_output_path(args.out, "the CSV file")
     cascade = _open(args)  # a bad config or model fails here, before anything is written
     classes = cascade.classes
     header = [
@@ -112,7 +109,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.update(batch.done - bar.n)
     failed = sum(1 for r in rows if r[-1])
     buf = _csv_text([header, *rows])
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, buf)
     print(f"wrote {len(files)} rows to {out} ({failed} failed)", file=sys.stderr)
     return SOME_FILES_FAILED if failed else 0
@@ -127,6 +123,8 @@ def _csv_text(rows: list[list]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cascade.evaluate import evaluate_cascade
 
+    if args.out:
+        check_output_path(args.out, "the JSON file")  # before minutes of predictions, not after
     cascade = _open(args)
     with tqdm(unit="img", disable=args.quiet) as bar:
 
