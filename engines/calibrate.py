@@ -19,6 +19,7 @@ from cascade.calibration import (
     calibration_report,
     fit_temperature,
 )
+from cascade.cli import report_unreadable
 from cascade.config import load_config, save_calibration
 from cascade.dataset import index_dataset
 from cascade.errors import ConfigError
@@ -62,6 +63,7 @@ def calibrate(
         raise ConfigError(f"no readable image in the '{split}' split of '{index.root}'")
     ni = cascade.normal_index
     report: dict = {"data": str(index.root), "split": split, "n": len(preds), "failed": len(preds.failed)}
+    report["unreadable"] = [{"path": rel, "error": why} for rel, why in preds.failed]
     temps = []
     for stage, p in ((1, preds.p1), (2, preds.p2)):
         fit = fit_temperature(p, preds.labels)
@@ -111,12 +113,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):
         print(line, file=sys.stderr)
+    failed = [(row["path"], row["error"]) for row in report["unreadable"]]
     if args.dry_run:
         print("dry run: the config was not changed", file=sys.stderr)
-        return 0
+        return report_unreadable(failed, "used in the fit")
     save_calibration(args.config, settings)
     print(f"wrote [calibration] to {args.config} ({settings.describe()})")
-    return 0
+    return report_unreadable(failed, "used in the fit")  # 1: fitted on the rest, as evaluate scores the rest
 
 
 def add_parser(sub, models) -> None:

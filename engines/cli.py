@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cascade.calibration import calibration_summary
-from cascade.cli import CliParser, positive_int, run_cli
+from cascade.cli import SOME_FILES_FAILED, CliParser, positive_int, report_unreadable, run_cli
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import iter_image_files
 from cascade.errors import CascadeError
@@ -34,8 +34,6 @@ from engines.export import DEFAULT_OPSET, JETSON_OPSET, export_onnx
 from engines.precompute import DEFAULT_OBJECT_STORE_MB, cmd_precompute
 from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
-
-SOME_FILES_FAILED = 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -148,12 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(calibration_summary(report["calibration"]), file=sys.stderr)
     if report["metadata"] is not None:
         print(metadata_lines(report["metadata"]), file=sys.stderr)
-    unreadable = report["unreadable"]
-    if unreadable:
-        print(f"{len(unreadable)} file(s) could not be read and are not scored:", file=sys.stderr)
-        for row in unreadable:
-            print(f"  {row['path']}: {row['error']}", file=sys.stderr)
-    return SOME_FILES_FAILED if unreadable else 0
+    return report_unreadable([(row["path"], row["error"]) for row in report["unreadable"]], "scored")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
