@@ -124,6 +124,8 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
     """Index an ImageFolder dataset, with or without train/val/test split folders."""
     base = Path(root).expanduser()
     if not base.is_dir():
+        if base.exists():
+            raise ConfigError(f"dataset path '{base}' is a file, not a folder: give the folder that holds the classes")
         raise ConfigError(f"dataset folder '{base}' does not exist")
     base = base.resolve()
     split_dirs = [base / s for s in SPLITS if (base / s).is_dir()]

@@ -289,10 +289,14 @@ def cached_predictions(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     progress: ProgressFn | None = None,
+    key: str | None = None,
 ) -> Predictions:
     """A split's predictions under the cascade's temperatures: read from the cache when its key matches, else computed
-    once and stored (raw)."""
-    key = cache_key(cascade, index, split)
+    once and stored (raw).
+
+    ``key``: the split's :func:`cache_key` when the caller already has it (it hashes both checkpoints).
+    """
+    key = key or cache_key(cascade, index, split)
     path = cache_path(key, cache_dir)
     found, problem = inspect_entry(path)
     if found is not None and found.key != key:

@@ -7,6 +7,11 @@
    subprocess (pinned to ``--cpus`` cores) and headless Chromium, already running, loads it; the time is taken when
    the Home page's script run has finished (heading, diagram, what is loaded, dataset counts all drawn). Without
    Chromium, the time to the health endpoint is printed instead, and said to be only that.
+3. "Run both stages" on a split (``bench_run_both_stages``): the dashboard's button (progress bar, cache write, the
+   page drawn with the new predictions, in Streamlit's AppTest) against the CLI's own prediction loop
+   (``cascade.predcache.iter_predictions``, what ``python -m engines predict`` runs) on the same images and cascade.
+   Fixed overhead (dashboard seconds − CLI seconds) must be ≤ 1 s on a small split, and the dashboard's throughput
+   ≥ 0.8× the CLI's on a large one (``--run-data`` with a few thousand images).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ CHROMIUM_ARGS = [
 ]
 SWEEP_TARGET_MS = 20.0
 FIRST_PAGE_TARGET_S = 10.0
+RUN_OVERHEAD_TARGET_S = 1.0
+RUN_THROUGHPUT_TARGET = 0.8
 
 
 def synthetic_predictions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,6 +204,76 @@ def bench_first_page(config: str | None, data: str | None, backend: str | None, 
     return shown
 
 
+def _cli_seconds(cascade, items) -> float:
+    """The CLI's loop over ``items`` (read, both stages on every image), after one warm-up batch."""
+    from cascade.images import read_image
+    from cascade.predcache import iter_predictions
+
+    def read(it):
+        return read_image(it.path)
+
+    next(iter_predictions(cascade, items[:16], read, 16))
+    start = time.perf_counter()
+    for _ in iter_predictions(cascade, items, read, 16):
+        pass
+    return time.perf_counter() - start
+
+
+def _press_run_both_stages(split: str, cache_dir: str) -> float:
+    """Wall time of pressing "Run both stages" on Gate tuning (AppTest) into an empty prediction cache."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import resources
+
+    os.environ["KNEE_CASCADE_CACHE"] = cache_dir
+    store, lock = resources._memory()
+    with lock:
+        store.clear()
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=1800)
+    at.run()
+    at.switch_page("views/gate_tuning.py").run()
+    next(w for w in at.selectbox if w.label == "Split").set_value(split).run()
+    button = next(b for b in at.button if b.label == f"Run both stages on '{split}'")
+    start = time.perf_counter()
+    button.click().run()
+    seconds = time.perf_counter() - start
+    if at.exception or any(b.label.startswith("Run both stages") for b in at.button):
+        raise RuntimeError(f"the page did not draw its predictions: {[e.value for e in at.exception]}")
+    return seconds
+
+
+def bench_run_both_stages(config: str | None, data: str | None, split: str, backend: str, repeats: int) -> None:
+    """Fixed overhead and throughput ratio of the dashboard's "Run both stages" against the CLI, printed.
+
+    CLI loop and button press alternate, so a load change on a shared machine hits both alike; medians are printed.
+    """
+    import tempfile
+
+    from cascade.config import DEFAULT_CONFIG, load_config
+    from cascade.dataset import index_dataset
+    from engines.select import open_cascade
+
+    config = str(config or DEFAULT_CONFIG)
+    data = str(data or ROOT / "sample_images")
+    os.environ.update(KNEE_CASCADE_CONFIG=config, KNEE_CASCADE_DATA=data, KNEE_CASCADE_BACKEND=backend)
+    items = index_dataset(data).select(split)
+    cascade = open_cascade(load_config(config), backend)
+    clis, dashes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            clis.append(_cli_seconds(cascade, items))
+            dashes.append(_press_run_both_stages(split, os.path.join(tmp, str(r))))
+    cli, dash = statistics.median(clis), statistics.median(dashes)
+    overhead = statistics.median(d - c for d, c in zip(dashes, clis, strict=True))
+    ratio = cli / dash
+    print(f"'Run both stages' on {len(items)} images of {data} ({split}), median of {repeats}:")
+    print(f"  CLI loop {cli:.2f} s ({len(items) / cli:.1f} images/s), dashboard {dash:.2f} s")
+    ok = "OK" if overhead <= RUN_OVERHEAD_TARGET_S else "ABOVE TARGET"
+    print(f"  fixed overhead {overhead:+.2f} s (target ≤ {RUN_OVERHEAD_TARGET_S:.0f} s on a small split: {ok})")
+    ok = "OK" if ratio >= RUN_THROUGHPUT_TARGET else "BELOW TARGET"
+    print(f"  throughput {ratio:.2f}× the CLI's (target ≥ {RUN_THROUGHPUT_TARGET}× on a large split: {ok})")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="cached predictions in the sweep (default: %(default)s)")
@@ -206,7 +283,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=None, help="backend kind for the page test (default: the app's)")
     parser.add_argument("--cpus", type=int, default=2, help="cores the app may use (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up on the page after this many seconds")
-    parser.add_argument("--skip-page", action="store_true", help="only the sweep benchmark")
+    parser.add_argument("--skip-page", action="store_true", help="skip the first-page benchmark")
+    parser.add_argument("--skip-run", action="store_true", help="skip the 'Run both stages' benchmark")
+    parser.add_argument("--run-data", default=None, help="dataset for 'Run both stages' (default: the app's)")
+    parser.add_argument("--run-split", default="test", help="split for 'Run both stages' (default: %(default)s)")
+    parser.add_argument("--run-repeats", type=int, default=3, help="presses of 'Run both stages' (median printed)")
     return parser
 
 
@@ -214,6 +295,9 @@ def main(args: argparse.Namespace) -> int:
     bench_sweep(args.n, args.repeats)
     if not args.skip_page:
         bench_first_page(args.config, args.data, args.backend, args.cpus, args.timeout)
+    if not args.skip_run:
+        data = args.run_data or args.data
+        bench_run_both_stages(args.config, data, args.run_split, args.backend or "auto", args.run_repeats)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -112,9 +113,28 @@ def _index(root: str, token: str) -> DatasetIndex:
     return index_dataset(root)
 
 
+def _tree_stamp(root: Path) -> str:
+    """Identity of every folder under ``root`` (mtime, inode): adding, removing or renaming a file anywhere changes it.
+
+    The root's own mtime is not enough: it does not change when a file inside a class folder is added or removed.
+    Files overwritten in place keep their folder's mtime; their predictions and thumbnails are keyed on each file's
+    own identity (``DatasetIndex.fingerprint``, ``_stamp``), not on this.
+    """
+    parts = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            continue
+        parts.append(f"{dirpath}:{info.st_mtime_ns}:{info.st_ino}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest() if parts else _stamp(root)
+
+
 def open_index_cached(root: str) -> DatasetIndex:
+    """The dataset's index, rebuilt when any folder in it changed (re-checked on every run: one stat per folder)."""
     path = Path(root).expanduser()
-    return _index(str(path), _stamp(path))
+    return _index(str(path), _tree_stamp(path))
 
 
 @st.cache_resource
@@ -206,8 +226,12 @@ def app_context() -> AppContext:
 
 
 @st.cache_resource(max_entries=32)
-def _prediction_key(_cascade: Cascade, token: str, _index: DatasetIndex, root: str, count: int, split: str) -> str:
-    """Cache key of a split: hashing the checkpoints once per loaded cascade, not on every rerun."""
+def _prediction_key(_cascade: Cascade, token: str, _index: DatasetIndex, root: str, files: str, split: str) -> str:
+    """Cache key of a split: hashing the checkpoints once per loaded cascade and file list, not on every rerun.
+
+    ``files`` is the split's fingerprint (each file's size, mtime and inode), taken on every run: an image overwritten
+    while the app runs gives a new key, so its old predictions are never shown again.
+    """
     return cache_key(_cascade, _index, split)
 
 
@@ -219,7 +243,7 @@ def _memory() -> tuple[OrderedDict[str, Predictions], threading.Lock]:
 def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Predictions | None:
     """The split's predictions from memory or disk; computed (with a progress bar) only when ``compute``."""
     cascade, index = ctx.need_cascade(), ctx.need_index()
-    key = _prediction_key(cascade, ctx.cascade_token, index, str(index.root), len(index.items), split)
+    key = _prediction_key(cascade, ctx.cascade_token, index, str(index.root), index.fingerprint(split), split)
     store, lock = _memory()
     with lock:
         if key in store:
@@ -233,7 +257,8 @@ def split_predictions(ctx: AppContext, split: str, compute: bool = False) -> Pre
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Running both stages: {done} / {total} images")
 
-        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress)
+        # The key is known: passing it spares hashing both checkpoints again (a few tenths of a second).
+        preds = cached_predictions(cascade, index, split, prediction_cache_dir(), progress=progress, key=key)
         bar.empty()
     if preds is not None:
         with lock:

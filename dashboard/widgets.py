@@ -13,6 +13,7 @@ from cascade.errors import CascadeError
 from cascade.predcache import Predictions
 from cascade.sweep import Sweep, sweep
 from dashboard import state
+from dashboard.components import glossary
 from dashboard.components.text import escape_markdown
 from dashboard.prediction_table import table_predictions
 from dashboard.resources import (
@@ -53,7 +54,10 @@ def split_selector(index: DatasetIndex, label: str = "Split") -> str:
 
 
 def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions | None:
-    """The split's cached predictions, or a button that computes them (with a progress bar) once."""
+    """The split's cached predictions, or a button that computes them (with a progress bar) once.
+
+    After computing, the prompt is cleared and the predictions returned in the same run: no second script run.
+    """
     with failing_part("Predictions", stop=False):
         if ctx.sources.predictions_path:  # a precomputed table (python -m engines precompute) replaces the cache
             return table_predictions(ctx, split)
@@ -61,14 +65,18 @@ def predictions_or_prompt(ctx: AppContext, split: str, key: str) -> Predictions 
         if preds is not None:
             return preds
         n = len(ctx.need_index().select(split))
-        st.info(
-            f"The {n} images of '{split}' have not been run through the cascade yet. It is done once, then cached on "
-            "disk, so the gate can be moved freely afterwards.",
-            icon=":material/info:",
-        )
-        if st.button(f"Run both stages on '{split}'", key=key, type="primary", icon=":material/play_arrow:"):
-            split_predictions(ctx, split, compute=True)
-            st.rerun()  # draw the page again from the top, without this prompt
+        prompt = st.empty()
+        with prompt.container():
+            st.info(
+                f"The {n} images of '{split}' have not been run through the cascade yet. It is done once, then cached "
+                "on disk, so the gate can be moved freely afterwards.",
+                icon=":material/info:",
+            )
+            run = st.button(f"Run both stages on '{split}'", key=key, type="primary", icon=":material/play_arrow:")
+        if run:
+            preds = split_predictions(ctx, split, compute=True)
+            prompt.empty()
+            return preds
     return None
 
 
@@ -83,36 +91,29 @@ def headline_metrics(preds: Predictions, normal_index: int, saved: float | None)
     t, _ = state.gate()
     points = gate_sweep(preds, normal_index, [t] if saved is None else [t, saved])
 
-    def delta(values: np.ndarray, pct: bool = True) -> str | None:
+    def delta(values: np.ndarray) -> str | None:
         if saved is None or abs(saved - t) < 1e-9 or not np.isfinite(values[1]):
             return None
-        d = values[0] - values[1]
-        return f"{100 * d:+.1f} pts vs saved" if pct else f"{d:+.3f}"
+        return glossary.delta_text(values[0], values[1])
 
     def fmt(v: float) -> str:
         return "n/a" if not np.isfinite(v) else f"{100 * v:.1f} %"
 
+    classes, normal = preds.classes, preds.classes[normal_index]
     cols = st.columns(4)
-    cols[0].metric("Accuracy", fmt(points.accuracy[0]), delta(points.accuracy))
-    cols[1].metric(
-        "Abnormal sensitivity",
-        fmt(points.abnormal_sensitivity[0]),
-        delta(points.abnormal_sensitivity),
-        help="Share of osteopenia/osteoporosis knees not called normal.",
-    )
-    cols[2].metric(
-        "Normal specificity",
-        fmt(points.normal_recall[0]),
-        delta(points.normal_recall),
-        help="Share of normal knees called normal.",
-    )
-    cols[3].metric(
-        "Sent to stage 2",
-        fmt(points.routed_share[0]),
-        delta(points.routed_share),
-        delta_color="inverse",
-        help="The compute the gate does not save: these images run both stages.",
-    )
+    for col, name, values, colour in (
+        (cols[0], glossary.ACCURACY, points.accuracy, "normal"),
+        (cols[1], glossary.ABNORMAL_SENSITIVITY, points.abnormal_sensitivity, "normal"),
+        (cols[2], glossary.NORMAL_RECALL, points.normal_recall, "normal"),
+        (cols[3], glossary.SENT_TO_STAGE2, points.routed_share, "inverse"),
+    ):
+        col.metric(
+            name.capitalize(),
+            fmt(values[0]),
+            delta(values),
+            delta_color=colour,
+            help=glossary.definition(name, classes, normal),
+        )
     st.caption(f"{len(preds)} images of '{preds.split}' at gate {state.gate_text(t)}.")
 
 

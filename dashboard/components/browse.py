@@ -23,6 +23,26 @@ SORTS = {
 }
 ANY = "any"
 
+# Session-state keys of the Dataset page's filter widgets (also their URL query parameters, so Back and links keep
+# them), and of the set of images chosen in a chart on another page.
+FILTER_KEYS = {
+    "true_classes": "ds_true",
+    "final_classes": "ds_final",
+    "correct": "ds_outcome",
+    "route": "ds_route",
+    "flipped_only": "ds_flipped",
+    "sort": "ds_sort",
+}
+CHOSEN_KEY = "ds_chosen"  # (tuple of rels, sentence saying where they come from), or absent
+FILTER_DEFAULTS = {
+    "true_classes": [],
+    "final_classes": [],
+    "correct": ANY,
+    "route": ANY,
+    "flipped_only": False,
+    "sort": "file name",
+}
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -34,6 +54,17 @@ class Filters:
     route: str = ANY  # ANY | "stage 2" | "stage 1 only"
     flipped_only: bool = False
     sort: str = "file name"
+    rels: tuple[str, ...] = ()  # images chosen in a chart; empty: no constraint
+
+
+def show_in_dataset(rels, why: str) -> dict[str, object]:
+    """Session-state updates that make the Dataset page show exactly ``rels`` (other filters reset to their defaults).
+
+    A click or a box selection in a chart on another page becomes this set of images; ``why`` says what was clicked.
+    """
+    updates: dict[str, object] = {FILTER_KEYS[k]: v for k, v in FILTER_DEFAULTS.items()}
+    updates[CHOSEN_KEY] = (tuple(dict.fromkeys(str(r) for r in rels)), why)
+    return updates
 
 
 def browse_table(
@@ -75,6 +106,8 @@ def browse_table(
 def apply_filters(df: pd.DataFrame, f: Filters) -> pd.DataFrame:
     """Rows that match every filter, in the chosen order (outcome filters drop rows without predictions)."""
     keep = np.ones(len(df), dtype=bool)
+    if f.rels:
+        keep &= df["rel"].isin(f.rels).to_numpy()
     if f.true_classes:
         keep &= df["label"].isin(f.true_classes).to_numpy()
     predicted = df["predicted"].to_numpy(dtype=bool)

@@ -177,7 +177,9 @@ def test_every_page_renders_and_the_gate_redecides(app_url, browser):
     # Gate tuning first: computing the split's predictions there also serves Home's and Dataset's metrics.
     page = open_page(browser, f"{app_url}/gate_tuning")
     settle(page)
-    page.get_by_role("button", name=re.compile("Run both stages")).click()
+    run = page.get_by_role("button", name=re.compile("Run both stages"))
+    if run.count():  # another Chromium test of this session may have filled the prediction cache already
+        run.click()
     page.wait_for_selector(".js-plotly-plot", timeout=120_000)
     settle(page)
     assert_clean(page, "gate_tuning")

@@ -87,7 +87,8 @@ def test_dataset_filters_and_sorts_by_metadata(meta_env):
     at.run()
     assert_clean(at)
     assert next(c.value for c in at.caption if "match" in c.value).startswith("6 of 12")
-    names = [c.value.split("`")[1] for c in at.caption if c.value.startswith("`")]
+    cards = [c.value for c in at.caption if "  \ntrue **" in c.value]
+    names = [card.split("  \n")[0].replace("\\", "") for card in cards]  # shown escaped: osteoporosis\_3.png
     assert len(names) == 6 and names[0] == "osteoporosis_3.png"  # the densest F image first (file order: normal_1)
 
 

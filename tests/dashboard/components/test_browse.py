@@ -9,7 +9,7 @@ import numpy as np
 from cascade.dataset import Item
 from cascade.gate import decide_batch
 from cascade.predcache import Predictions
-from dashboard.components.browse import Filters, apply_filters, browse_table
+from dashboard.components.browse import CHOSEN_KEY, FILTER_KEYS, Filters, apply_filters, browse_table, show_in_dataset
 
 CLASSES = ("normal", "osteopenia", "osteoporosis")
 
@@ -77,3 +77,14 @@ def test_without_predictions_only_class_filters_apply():
     assert len(apply_filters(df, Filters(true_classes=("normal",)))) == sum(it.label == "normal" for it in items)
     assert apply_filters(df, Filters(correct="correct")).empty
     assert list(apply_filters(df, Filters(sort="confidence (least sure first)"))["rel"]) == sorted(df["rel"])
+
+
+def test_a_chart_selection_shows_exactly_its_images():
+    items, preds = _setup()
+    df = browse_table(items, preds, 0, 0.5, 0.6, "p_normal")
+    chosen = (items[3].rel, items[7].rel, items[3].rel)
+    updates = show_in_dataset(chosen, "two dots")
+    assert updates[CHOSEN_KEY] == ((items[3].rel, items[7].rel), "two dots")
+    assert updates[FILTER_KEYS["correct"]] == "any" and updates[FILTER_KEYS["true_classes"]] == []
+    out = apply_filters(df, Filters(rels=updates[CHOSEN_KEY][0]))
+    assert sorted(out["rel"]) == sorted({items[3].rel, items[7].rel})
