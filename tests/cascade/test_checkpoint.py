@@ -124,7 +124,7 @@ def test_wrong_checkpoints(tmp_path):
         load_stage(tmp_path / "nope")
     (tmp_path / "cascade.toml").write_text("")  # model_dir naming a file said it "does not exist"
     with pytest.raises(CheckpointError, match="cascade.toml' is not a folder"):
-        load_stage(tmp_path / "cascade.toml")
+        stage_spec_from(tmp_path / "cascade.toml")
     torch.save({"a": torch.zeros(1)}, tmp_path / "model_best.pth.tar")
     with pytest.raises(CheckpointError, match="bare state_dict"):
         load_stage(tmp_path)
