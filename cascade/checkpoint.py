@@ -173,7 +173,8 @@ def stage_spec_from(model_dir: str | os.PathLike, ckpt: dict | None = None) -> S
     """Read a folder's spec: labels.txt names the classes; the checkpoint gives arch and resolution."""
     folder = Path(model_dir)
     if not folder.is_dir():
-        raise CheckpointError(f"model folder '{folder}' does not exist")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"model folder '{folder}' {what}; model_dir names the stage's folder")
     ckpt = load_checkpoint(folder / BEST_NAME) if ckpt is None else ckpt
     source = str(folder / BEST_NAME)
     labels_path = folder / LABELS_NAME

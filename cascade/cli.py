@@ -14,6 +14,17 @@ from collections.abc import Sequence
 from cascade.errors import CascadeError
 
 USAGE_ERROR = 2
+SOME_FILES_FAILED = 1
+
+
+def report_unreadable(failed: Sequence[tuple[str, str]], what: str) -> int:
+    """Name each file that could not be read on stderr; the exit code: 1 when there were any (the run went on)."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} file(s) could not be read and are not {what}:", file=sys.stderr)
+    for rel, why in failed:
+        print(f"  {rel}: {why}", file=sys.stderr)
+    return SOME_FILES_FAILED
 
 
 class UsageError(CascadeError):

@@ -20,7 +20,7 @@ from cascade.calibration import SECTION as CALIBRATION_SECTION
 from cascade.calibration import CalibrationSettings, parse_calibration
 from cascade.errors import ConfigError
 from cascade.fileio import atomic_path
-from cascade.gate import GateRule
+from cascade.gate import DEFAULT_THRESHOLD, GateRule
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cascade.toml"
 _BOM = b"\xef\xbb\xbf"
@@ -88,12 +88,15 @@ def _validate(doc: tomlkit.TOMLDocument, p: Path) -> CascadeConfig:
     dirs = []
     for name in ("stage1", "stage2"):
         sec = _section(doc, name, p)
-        if "model_dir" not in sec:
-            raise ConfigError(f"'{p}': [{name}] needs model_dir = \"path/to/model/folder\"")
+        if not isinstance(sec.get("model_dir"), str) or not str(sec["model_dir"]).strip():
+            raise ConfigError(f"'{p}': [{name}] needs model_dir = \"path/to/model/folder\" (a string)")
         dirs.append((base / str(sec["model_dir"])).resolve())
     gate = _section(doc, "gate", p)
+    raw = gate.get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):  # true would read as 1.0, "0.5" as 0.5
+        raise ConfigError(f"'{p}' [gate]: threshold must be a number in [0, 1] (no quotes), got {raw!r}")
     try:
-        threshold = float(gate.get("threshold", 0.6))
+        threshold = float(raw)
         rule = GateRule.parse(str(gate.get("rule", GateRule.P_NORMAL.value)))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"'{p}' [gate]: {exc}") from exc

@@ -2,9 +2,10 @@
 
 The dashboard browses, filters and caches predictions by this index; it never serves a file that resolves outside the
 chosen root (symlinks included). Containment is checked twice: when the folder is indexed and again when a file is
-read (:func:`read_item`), so a file swapped for a symlink out of the root after indexing is refused. Entries that are
-not regular files (FIFOs, sockets, devices, broken symlinks, symlink loops) are indexed as items with an ``error`` and
-never opened.
+read (:func:`read_item`), so a file swapped for a symlink out of the root after indexing is refused. A split or class
+folder that links out of the root is skipped whole. Entries that are not regular files (FIFOs, sockets, devices, broken
+symlinks, symlink loops) are indexed as items with an ``error`` and never opened. Listing uses ``os.scandir``: a
+regular file's type comes with the directory listing, so only symlinks and special files cost a system call.
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ class DatasetIndex:
 
     def fingerprint(self, split: str | None = None) -> str:
         """Hash of the file list (paths, sizes, mtimes): cached predictions are valid while it does not change."""
-        digest = hashlib.sha256()
+        lines = []
         for it in self.select(split):
             try:
                 st = os.stat(it.path)
-                digest.update(f"{it.rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+                lines.append(f"{it.rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n")
             except OSError as exc:  # a broken link or a removed file: part of the identity, not a crash
-                digest.update(f"{it.rel}\0{exc.errno}\n".encode())
-        return digest.hexdigest()[:16]
+                lines.append(f"{it.rel}\0{exc.errno}\n")
+        return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
     def resolve(self, rel: str) -> Path:
         """The absolute path of ``rel`` inside the root; refuses anything that escapes it."""
@@ -101,12 +102,36 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(found, key=lambda d: d.name)
 
 
+def _walk(folder: str) -> Iterator[os.DirEntry]:
+    """Image-file entries under ``folder``, in ``os.walk`` order (a folder's files sorted, then its subfolders sorted).
+
+    Hidden names are skipped; symlinks to folders are not followed (as ``os.walk``); unreadable subfolders are skipped.
+    Entries come from ``os.scandir``, whose file types come with the listing, so a regular file costs no system call.
+    """
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except OSError:
+        return
+    files, subdirs = [], []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()  # follows symlinks, as os.walk's split into folders and files does
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not e.is_symlink():
+                subdirs.append(e)
+        elif is_image_file(e.name):
+            files.append(e)
+    files.sort(key=lambda e: e.name)
+    yield from files
+    for d in sorted(subdirs, key=lambda e: e.name):
+        yield from _walk(d.path)
+
+
 def _files(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
-    return found
+    return [Path(e.path) for e in _walk(os.fspath(folder))]
 
 
 def _escapes(f: Path, base: Path) -> bool:
@@ -120,6 +145,12 @@ def _escapes(f: Path, base: Path) -> bool:
     return target != f.absolute() and base not in target.parents
 
 
+def _outside(folder: Path, base: Path) -> bool:
+    """True when ``folder`` resolves outside ``base`` (a split or class folder that is a symlink out of the root)."""
+    target = folder.resolve()
+    return target != base and base not in target.parents
+
+
 def index_dataset(root: str | os.PathLike) -> DatasetIndex:
     """Index an ImageFolder dataset, with or without train/val/test split folders."""
     base = Path(root).expanduser()
@@ -130,16 +161,25 @@ def index_dataset(root: str | os.PathLike) -> DatasetIndex:
     base = base.resolve()
     split_dirs = [base / s for s in SPLITS if (base / s).is_dir()]
     groups = [(d.name, d) for d in split_dirs] if split_dirs else [(NO_SPLIT, base)]
+    prefix = os.path.join(os.fspath(base), "")  # entry paths start with it; the rest is the relative path
     items: list[Item] = []
     classes: set[str] = set()
     for split, folder in groups:
         for cdir in _class_dirs(folder):
+            if _outside(cdir, base):
+                continue  # a split or class folder that links out of the root: none of its files is indexed
             classes.add(cdir.name)
-            for f in _files(cdir):
-                if _escapes(f, base):
+            for entry in _walk(os.fspath(cdir)):
+                f = Path(entry.path)
+                rel = entry.path[len(prefix) :]
+                if os.sep != "/":
+                    rel = rel.replace(os.sep, "/")
+                if entry.is_file(follow_symlinks=False):  # a regular file (the type came with the listing)
+                    items.append(Item(f, rel, split, cdir.name, "", base))
+                    continue
+                if entry.is_symlink() and _escapes(f, base):
                     continue  # a symlink out of the root is never indexed
-                rel = f.relative_to(base).as_posix()
-                reason = special_file_reason(f)
+                reason = special_file_reason(f)  # links are followed here; FIFOs, sockets, devices get a reason
                 items.append(Item(f, rel, split, cdir.name, f"'{rel}' {reason}" if reason else "", base))
     if not items:
         raise ConfigError(

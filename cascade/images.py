@@ -47,8 +47,8 @@ _KIND = {
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True when the suffix is one this project reads (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """True when the suffix is one this project reads (case-insensitive); builds no Path (called per file indexed)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
 def special_file_reason(path: str | os.PathLike) -> str | None:

@@ -19,10 +19,11 @@ from cascade.calibration import (
     calibration_report,
     fit_temperature,
 )
+from cascade.cli import report_unreadable
 from cascade.config import load_config, save_calibration
 from cascade.dataset import index_dataset
 from cascade.errors import ConfigError
-from cascade.fileio import write_atomic
+from cascade.fileio import check_output_path, write_atomic
 from cascade.predcache import DEFAULT_CACHE_DIR, cached_predictions
 
 
@@ -62,6 +63,7 @@ def calibrate(
         raise ConfigError(f"no readable image in the '{split}' split of '{index.root}'")
     ni = cascade.normal_index
     report: dict = {"data": str(index.root), "split": split, "n": len(preds), "failed": len(preds.failed)}
+    report["unreadable"] = [{"path": rel, "error": why} for rel, why in preds.failed]
     temps = []
     for stage, p in ((1, preds.p1), (2, preds.p2)):
         fit = fit_temperature(p, preds.labels)
@@ -94,6 +96,8 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_path(args.out, "the JSON file")  # before the predictions, not after
     settings, report = calibrate(
         args.data,
         args.split,
@@ -109,12 +113,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):
         print(line, file=sys.stderr)
+    failed = [(row["path"], row["error"]) for row in report["unreadable"]]
     if args.dry_run:
         print("dry run: the config was not changed", file=sys.stderr)
-        return 0
+        return report_unreadable(failed, "used in the fit")
     save_calibration(args.config, settings)
     print(f"wrote [calibration] to {args.config} ({settings.describe()})")
-    return 0
+    return report_unreadable(failed, "used in the fit")  # 1: fitted on the rest, as evaluate scores the rest
 
 
 def add_parser(sub, models) -> None:

@@ -16,17 +16,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from cascade.calibration import calibration_summary
-from cascade.cli import CliParser, positive_int, run_cli
+from cascade.cli import SOME_FILES_FAILED, CliParser, positive_int, report_unreadable, run_cli
 from cascade.config import DEFAULT_CONFIG
 from cascade.dataset import iter_image_files
 from cascade.errors import CascadeError
-from cascade.fileio import write_atomic
+from cascade.fileio import check_output_path, write_atomic
 from cascade.images import read_image
 from cascade.metadata import metadata_lines
 from cascade.predcache import iter_predictions
@@ -35,8 +34,6 @@ from engines.export import DEFAULT_OPSET, JETSON_OPSET, export_onnx
 from engines.precompute import DEFAULT_OBJECT_STORE_MB, cmd_precompute
 from engines.select import BACKEND_KINDS, open_cascade
 from engines.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, PRECISIONS
-
-SOME_FILES_FAILED = 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -85,9 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = list(iter_image_files(args.paths))
     if not files:
         raise CascadeError(f"no image files found in {' '.join(args.paths)}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise CascadeError(f"--out '{out}' is a folder; name the CSV file to write")
+    out = check_output_path(args.out, "the CSV file")
     cascade = _open(args)  # a bad config or model fails here, before anything is written
     classes = cascade.classes
     header = [
@@ -112,7 +107,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.update(batch.done - bar.n)
     failed = sum(1 for r in rows if r[-1])
     buf = _csv_text([header, *rows])
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, buf)
     print(f"wrote {len(files)} rows to {out} ({failed} failed)", file=sys.stderr)
     return SOME_FILES_FAILED if failed else 0
@@ -127,6 +121,8 @@ def _csv_text(rows: list[list]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cascade.evaluate import evaluate_cascade
 
+    if args.out:
+        check_output_path(args.out, "the JSON file")  # before minutes of predictions, not after
     cascade = _open(args)
     with tqdm(unit="img", disable=args.quiet) as bar:
 
@@ -150,12 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(calibration_summary(report["calibration"]), file=sys.stderr)
     if report["metadata"] is not None:
         print(metadata_lines(report["metadata"]), file=sys.stderr)
-    unreadable = report["unreadable"]
-    if unreadable:
-        print(f"{len(unreadable)} file(s) could not be read and are not scored:", file=sys.stderr)
-        for row in unreadable:
-            print(f"  {row['path']}: {row['error']}", file=sys.stderr)
-    return SOME_FILES_FAILED if unreadable else 0
+    return report_unreadable([(row["path"], row["error"]) for row in report["unreadable"]], "scored")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

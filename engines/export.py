@@ -258,7 +258,7 @@ def ensure_onnx(spec: StageSpec, opset: int = DEFAULT_OPSET) -> tuple[OnnxInfo, 
     (``engines.identity``); a mismatch raises OnnxIdentityError, and jetson's file is never rewritten here. A file
     that cannot be parsed raises BackendError rather than being overwritten: it may be someone's only copy.
     """
-    from engines.identity import confirm_identity
+    from engines.identity import OnnxIdentityError, confirm_identity
 
     ours, jetson = onnx_files(spec.model_dir, spec.arch)
     has_checkpoint = spec.checkpoint_path.is_file()
@@ -276,7 +276,13 @@ def ensure_onnx(spec: StageSpec, opset: int = DEFAULT_OPSET) -> tuple[OnnxInfo, 
     if jetson is not None:
         info = read_onnx_info(jetson)
         if info.jetson_layout:
-            check_matches_spec(info, spec)
+            try:
+                check_matches_spec(info, spec)
+            except BackendError as exc:
+                if not has_checkpoint:
+                    raise
+                # beside a checkpoint it cannot be that checkpoint's export: no backend may run around it (auto)
+                raise OnnxIdentityError(f"{exc}; it is not this checkpoint's export, so it is not used") from None
             if not has_checkpoint:
                 return info, f"{jetson.name} used as it is (the folder has no checkpoint to check it against)"
             return info, confirm_identity(info, spec, stale_reason(info, spec))

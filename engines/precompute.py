@@ -32,6 +32,7 @@ from cascade.checkpoint import StageSpec
 from cascade.config import load_config
 from cascade.dataset import index_dataset
 from cascade.errors import CascadeError, ConfigError
+from cascade.fileio import check_output_path
 from cascade.images import is_image_file, read_image
 from cascade.predcache import failure_reason
 from cascade.predtable import (
@@ -395,9 +396,7 @@ def precompute(
 ) -> PrecomputeResult:
     """Predict every file of ``data`` with both stages and write the table to ``out`` (resuming earlier runs)."""
     start = time.perf_counter()
-    out = Path(out)
-    if out.is_dir():
-        raise CascadeError(f"--out '{out}' is a folder; name the Parquet file to write, e.g. predictions.parquet")
+    out = check_output_path(out, "the Parquet file (e.g. predictions.parquet)")
     cfg = load_config(config)
     specs = (folder_spec(cfg.stage1_dir), folder_spec(cfg.stage2_dir))
     classes = specs[0].classes

@@ -32,6 +32,13 @@ cache-entry                    NaN, rows not summing to 1, wrong shape,        d
 config-save                    CRLF + BOM + mode 0640, symlink, read-only,     kept / written at target / refused /
                                edited into invalid TOML since loading          StaleConfigError; file untouched
 generate-cli                   bad arguments, unwritable outputs               tests/sample_images: one error line, 2
+output-path                    --out a folder, FIFO, /dev/full, a link to a    one error line, exit 2, before any
+                               device, a file where its folder should be       model runs; the node is never replaced
+foreign-onnx-saturated         jetson ONNX of the checkpoint with logits ×1.5  refused (log p differs); tests/engines
+onnx-width-auto                jetson ONNX of 2 classes, 3 labels, auto        refused, no PyTorch fallback
+config-values                  threshold true / "0.5" / nan, model_dir = 3     one-line ConfigError (tests/cascade)
+calibrate-unreadable           FIFO and truncated PNG in the fitted split      named, exit 1, fit on the rest
+prediction-table               truncated Parquet, a FIFO as the table          a message on Gate tuning (AppTest)
 =============================  ==============================================  =====================================
 """
 
@@ -647,3 +654,28 @@ def test_save_gate_on_a_config_that_became_invalid(tmp_path, edited):
     with pytest.raises(StaleConfigError, match="no longer valid.*not saved"):
         save_gate(path, 0.3)
     assert path.read_text() == edited
+
+
+def test_output_paths_that_are_not_files_are_refused_and_left_alone(tmp_path):
+    from cascade.errors import CascadeError
+    from cascade.fileio import check_output_path, write_atomic
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    link = tmp_path / "null.csv"
+    link.symlink_to("/dev/null")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, says in (
+        (tmp_path, "is a folder"),
+        (fifo, "not a regular file"),
+        (link, "not a regular file"),
+        (Path("/dev/full"), "not a regular file"),
+        (blocker / "x.csv", "cannot write in"),
+    ):
+        with pytest.raises(CascadeError, match=says):
+            check_output_path(out)
+        if out.exists() and not out.is_dir():
+            with pytest.raises(CascadeError):
+                write_atomic(out, "rows")
+    assert os.stat("/dev/full").st_rdev != 0 and link.is_symlink() and fifo.is_fifo()

@@ -122,6 +122,9 @@ def test_broken_checkpoint_files(tmp_path, content, match):
 def test_wrong_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_stage(tmp_path / "nope")
+    (tmp_path / "cascade.toml").write_text("")  # model_dir naming a file said it "does not exist"
+    with pytest.raises(CheckpointError, match="cascade.toml' is not a folder"):
+        stage_spec_from(tmp_path / "cascade.toml")
     torch.save({"a": torch.zeros(1)}, tmp_path / "model_best.pth.tar")
     with pytest.raises(CheckpointError, match="bare state_dict"):
         load_stage(tmp_path)

@@ -38,6 +38,11 @@ def test_save_gate_keeps_comments_and_other_tables(tmp_path, tiny_config):
         ('[stage1]\n[stage2]\nmodel_dir = "b"\n[gate]\n', "needs model_dir"),
         ('[stage1]\nmodel_dir = "a"\n[stage2]\nmodel_dir = "b"\n[gate]\nthreshold = 1.5\n', r"\[0, 1\]"),
         ('[stage1]\nmodel_dir = "a"\n[stage2]\nmodel_dir = "b"\n[gate]\nrule = "vote"\n', "unknown gate rule"),
+        # these were accepted: true as a gate of 1.0, a quoted "0.5", a folder named "3"
+        ('[stage1]\nmodel_dir = "a"\n[stage2]\nmodel_dir = "b"\n[gate]\nthreshold = true\n', "must be a number"),
+        ('[stage1]\nmodel_dir = "a"\n[stage2]\nmodel_dir = "b"\n[gate]\nthreshold = "0.5"\n', "no quotes"),
+        ('[stage1]\nmodel_dir = 3\n[stage2]\nmodel_dir = "b"\n[gate]\n', r"needs model_dir.*a string"),
+        ('[stage1]\nmodel_dir = "a"\n[stage2]\nmodel_dir = "b"\n[gate]\nthreshold = nan\n', r"\[0, 1\]"),
     ],
 )
 def test_bad_configs(tmp_path, text, match):

@@ -226,3 +226,17 @@ def test_explain_keeps_a_three_decimal_gate_and_fetches_nothing_from_the_interne
     assert "gate=0.456" in page.url
     assert outside == []  # the favicon is local (a Material icon or emoji would be fetched from the internet)
     shot(page, "explain_gate_0456")
+
+
+def test_deep_links_to_every_page_get_no_404(app_url, browser):
+    # Streamlit's frontend probes `<page>/_stcore/health` and `/host-config` first unless told the base URL.
+    for info in PAGES:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        failed = []
+        page.on("response", lambda r, failed=failed: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(f"{app_url}/{info.url_path}")
+        settle(page)
+        page.get_by_role("heading", name=HOME_HEADING if info.default else info.title).first.wait_for(timeout=60_000)
+        assert failed == [], info.url_path
+        assert_clean(page, f"deep_link_{Path(info.file).stem}")
+        page.close()

@@ -57,3 +57,20 @@ def test_a_table_of_other_models_is_refused(app_env, tiny_dataset, tmp_path, mon
     at = open_app("views/gate_tuning.py")
     assert not at.exception
     assert any("other models" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_truncated_table_or_a_fifo_of_these_models_is_a_message_not_a_hang(
+    app_env, tiny_dataset, tiny_models, tmp_path, monkeypatch
+):
+    import os
+
+    path = tmp_path / "preds.parquet"
+    _table_for(tiny_dataset, tiny_models, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
+    fifo = tmp_path / "pipe.parquet"
+    os.mkfifo(fifo)  # opened for reading it would block the page forever
+    for bad, says in ((path, "not a readable Parquet file"), (fifo, "does not exist (or is not a file)")):
+        monkeypatch.setenv("KNEE_CASCADE_PREDICTIONS", str(bad))
+        at = open_app("views/gate_tuning.py")
+        assert not at.exception
+        assert any(says in e.value and str(bad) in e.value for e in at.error), [e.value for e in at.error]

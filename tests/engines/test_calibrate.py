@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -103,3 +104,25 @@ def test_evaluate_summarises_a_metadata_table_and_reports_a_bad_one(tmp_path, co
     assert "metadata:" in capsys.readouterr().err
     assert main(["evaluate", str(data), *common]) == 0
     assert json.loads(out.read_text())["metadata"] is None  # no manifest.csv there
+
+
+def test_unreadable_files_are_named_and_exit_1_and_the_rest_is_fitted(tmp_path, config_copy, tiny_dataset, capsys):
+    # calibrate fitted on what it could read and said nothing (exit 0) about a FIFO or a truncated file in the split
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    os.mkfifo(data / "val" / "normal" / "pipe.png")
+    good = next((data / "val" / "normal").glob("*.png"))
+    (data / "val" / "normal" / "half.png").write_bytes(good.read_bytes()[:100])
+    common = ["--config", str(config_copy), "--backend", "torch", "--quiet", "--cache-dir", str(tmp_path / "c")]
+    out = tmp_path / "fit.json"
+    assert main(["calibrate", str(data), "--out", str(out), *common]) == 1
+    err = capsys.readouterr().err
+    assert "2 file(s) could not be read and are not used in the fit:" in err
+    assert "normal/pipe.png: " in err and "FIFO" in err and "normal/half.png: " in err
+    report = json.loads(out.read_text())
+    assert report["failed"] == 2 and {r["path"] for r in report["unreadable"]} == {
+        "val/normal/pipe.png",
+        "val/normal/half.png",
+    }
+    assert load_config(config_copy).calibration.fitted  # written all the same, from the readable images
+    assert main(["calibrate", str(data), "--dry-run", *common]) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -207,3 +209,21 @@ def test_build_prints_progress_and_the_engine(tmp_path, capsys, monkeypatch, exp
     assert "[100%] wrote" in captured.err
     engine = folder / "resnet18.cascade.onnx.trt10.13.0.35.nvidia-l4.sm89.fp32.engine"
     assert captured.out.startswith(f"wrote {engine} (fp32,")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_output_to_a_device_or_folder_is_refused_before_any_model_runs(
+    command, tmp_path, tiny_config, tiny_dataset, capsys, monkeypatch
+):
+    # evaluate wrote its JSON only after every prediction (then: "[Errno 21] Is a directory: '.ro.<uuid>.tmp'"),
+    # and predict --out /dev/full replaced the device node with a CSV
+    import engines.cli as cli
+
+    monkeypatch.setattr(cli, "open_cascade", lambda *a, **k: pytest.fail("a model was opened"))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out, says in ((tmp_path, "is a folder"), (fifo, "not a regular file")):
+        code = main([command, str(tiny_dataset / "val"), "--config", str(tiny_config), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and says in err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)

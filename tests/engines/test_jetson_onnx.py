@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,9 +28,12 @@ from engines import identity
 from engines.cli import main as cli_main
 from engines.export import export_onnx
 from engines.identity import OnnxIdentityError
+from engines.onnx_file import read_onnx_info
 from engines.select import make_backend, open_cascade
 from tests.conftest import make_knee_like, make_model_dir
 from tests.engines.conftest import input_batches
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def jetson_export(folder, arch: str) -> None:
@@ -158,6 +162,9 @@ def test_output_width_other_than_the_labels_is_one_line_naming_file_and_fix(tmp_
         make_backend(folder, "onnx")
     message = str(err.value)
     assert "\n" not in message and f"'{folder / 'resnet18.onnx'}' outputs 3 classes but labels.txt lists 2" in message
+    # auto ran PyTorch around it with exit 0: beside a checkpoint such a file is foreign, never silently passed over
+    with pytest.raises(OnnxIdentityError, match="outputs 3 classes but labels.txt lists 2.*not used"):
+        make_backend(folder, "auto")
     assert f"python -m engines export {folder} --jetson" in message
 
 
@@ -248,3 +255,29 @@ def test_cascade_on_a_jetson_trained_folder_gives_onnx_runtimes_answers_on_jetso
         session = ort.InferenceSession(str(folder / f"{folder.name}.onnx"), providers=["CPUExecutionProvider"])
         want = np.concatenate([session.run(None, {"input_0": _sample_like_a_jetson(g, 48)})[0] for g in images])
         assert np.abs(probs - want).max() <= 1e-5
+
+
+def test_a_foreign_export_agreeing_only_where_probabilities_saturate_is_refused(tmp_path):
+    # The probe's noise images drive the demo stage 1 to P(normal) = 0.9999999: an export of the same network with
+    # logits × 1.5 (another temperature, another training run) agreed within 1e-7 and was accepted as its checkpoint's.
+    folder = tmp_path / "stage1"
+    shutil.copytree(REPO / "models" / "demo" / "stage1", folder, ignore=shutil.ignore_patterns("*.onnx"))
+    jetson_export(folder, "resnet18")
+    ckpt = torch.load(folder / BEST_NAME, weights_only=True)
+    for key in ("fc.weight", "fc.bias"):
+        ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1.5
+    torch.save(ckpt, folder / BEST_NAME)
+    spec, _ = load_stage(folder)
+    info = read_onnx_info(folder / "resnet18.onnx")
+    dp, dlogp = identity.probe_difference(info, spec)
+    assert dp < identity.IDENTITY_TOLERANCE < 1 < dlogp  # probabilities alone cannot tell them apart
+    with pytest.raises(OnnxIdentityError, match="log-probabilities differ") as err:
+        identity.confirm_identity(info, spec, None, cache_dir=tmp_path / "verdicts")
+    assert "foreign" in str(err.value) and f"python -m engines export {folder} --jetson" in str(err.value)
+
+
+def test_log_difference_ignores_float32_noise_in_vanishing_probabilities():
+    p = np.array([[1.0, 3e-23, 0.0]], np.float32)
+    q = np.array([[1.0, 1e-30, 2e-40]], np.float32)
+    assert identity.log_difference(p, q) == 0.0
+    assert identity.log_difference(p, np.array([[0.9, 0.1, 0.0]])) > 1
