@@ -38,6 +38,15 @@ def open_app(page: str | None = None, query: dict[str, str] | None = None) -> Ap
     return at
 
 
+def page_errors(page: str, monkeypatch, **env: str) -> list[str]:
+    """The error boxes of ``page`` opened with these ``KNEE_CASCADE_*`` variables set; the page must not crash."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    at = open_app(page)
+    assert not at.exception
+    return [e.value for e in at.error]
+
+
 def assert_clean(at: AppTest) -> None:
     """No exception element and no error box on the page."""
     assert not at.exception, [e.value for e in at.exception]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dashboard.components.text import escape_markdown
 from tests.conftest import make_knee_like
-from tests.dashboard.conftest import assert_clean, ensure_predictions, open_app, widget
+from tests.dashboard.conftest import assert_clean, ensure_predictions, open_app, page_errors, widget
 
 
 def _matched(at) -> str:
@@ -89,9 +89,6 @@ def test_index_and_predictions_follow_files_changed_while_the_app_runs(app_env, 
 def test_a_file_as_dataset_path_says_so(app_env, tmp_path, monkeypatch):
     f = tmp_path / "data.zip"
     f.write_bytes(b"PK")
-    monkeypatch.setenv("KNEE_CASCADE_DATA", str(f))
-    at = open_app("views/dataset.py")
-    assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = page_errors("views/dataset.py", monkeypatch, KNEE_CASCADE_DATA=str(f))
     assert any("is a file, not a folder" in e for e in errors), errors
     assert not any("does not exist" in e for e in errors)
