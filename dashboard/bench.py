@@ -27,11 +27,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cascade.cli import CliParser, positive_int, run_cli
 from cascade.gate import GateRule, decide_batch
 from cascade.metrics import abnormal_sensitivity, confusion_matrix, per_class_rates
 from cascade.sweep import DEFAULT_THRESHOLDS, flow_counts, suggest_gates, sweep
@@ -351,23 +352,23 @@ def bench_run_both_stages(config: str | None, data: str | None, split: str, back
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000, help="cached predictions in the sweep (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed repeats of the sweep (median is printed)")
+    parser = CliParser(prog="python -m dashboard.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=positive_int, default=10_000, help="cached predictions in the sweep")
+    parser.add_argument("--repeats", type=positive_int, default=50, help="timed repeats of the sweep")
     parser.add_argument("--config", default=None, help="cascade config for the page test (default: the app's)")
     parser.add_argument("--data", default=None, help="dataset for the page test (default: the app's)")
     parser.add_argument("--backend", default=None, help="backend kind for the page test (default: the app's)")
-    parser.add_argument("--cpus", type=int, default=2, help="cores the app may use (default: %(default)s)")
+    parser.add_argument("--cpus", type=positive_int, default=2, help="cores the app may use (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up on the page after this many seconds")
     parser.add_argument("--skip-page", action="store_true", help="skip the first-page benchmark")
     parser.add_argument("--skip-run", action="store_true", help="skip the 'Run both stages' benchmark")
     parser.add_argument("--run-data", default=None, help="dataset for 'Run both stages' (default: the app's)")
     parser.add_argument("--run-split", default="test", help="split for 'Run both stages' (default: %(default)s)")
-    parser.add_argument("--run-repeats", type=int, default=3, help="presses of 'Run both stages' (median printed)")
+    parser.add_argument("--run-repeats", type=positive_int, default=3, help="presses of the button")
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     bench_sweep(args.n, args.repeats)
     if not args.skip_page:
         bench_first_page(args.config, args.data, args.backend, args.cpus, args.timeout)
@@ -378,5 +379,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    parser.set_defaults(func=cmd_bench)
+    return run_cli(parser, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    raise SystemExit(main())
