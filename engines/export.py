@@ -77,15 +77,20 @@ def _lock_for(path: Path) -> threading.Lock:
         return _path_locks.setdefault(path.resolve(), threading.Lock())
 
 
-def export_module(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """What gets exported: CamModel (probabilities + CAMs) where the head allows it, else model + Softmax."""
+def with_softmax(model: nn.Module) -> nn.Module:
+    """Model + Softmax, as jetson-inference's ``onnx_export.py`` exports it: probabilities, no CAMs."""
     from torch import nn
 
+    return nn.Sequential(model, nn.Softmax(dim=1)).eval()
+
+
+def export_module(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """What gets exported: CamModel (probabilities + CAMs) where the head allows it, else model + Softmax."""
     from cascade.fastcam import CamModel, fast_cam_supported
 
     if fast_cam_supported(model):
         return CamModel(model).eval(), [PROBS_NAME, CAMS_NAME]
-    return nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME]
+    return with_softmax(model), [PROBS_NAME]
 
 
 def export_metadata(
@@ -192,7 +197,7 @@ def export_onnx(
     spec, model = load_stage(model_dir)
     if jetson:
         dest, opset = spec.jetson_onnx_path, opset or JETSON_OPSET
-        module, outputs = nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME]
+        module, outputs = with_softmax(model), [PROBS_NAME]
     else:
         dest, opset = spec.onnx_path, opset or DEFAULT_OPSET
         module, outputs = export_module(model)
@@ -221,11 +226,9 @@ def export_probabilities_only(
     model: nn.Module, resolution: int, dest: str | os.PathLike, opset: int = DEFAULT_OPSET
 ) -> Path:
     """A plain export as jetson-inference makes it (model + Softmax, no ``cam_0``): the benchmark's baseline."""
-    from torch import nn
-
     out = Path(dest)
     try:
-        _torch_export(nn.Sequential(model, nn.Softmax(dim=1)).eval(), [PROBS_NAME], resolution, opset, out)
+        _torch_export(with_softmax(model), [PROBS_NAME], resolution, opset, out)
     except Exception as exc:
         raise ExportError(f"plain ONNX export failed: {type(exc).__name__}: {exc}") from exc
     return out
