@@ -113,12 +113,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):
         print(line, file=sys.stderr)
-    failed = [(row["path"], row["error"]) for row in report["unreadable"]]
     if args.dry_run:
         print("dry run: the config was not changed", file=sys.stderr)
-        return report_unreadable(failed, "used in the fit")
-    save_calibration(args.config, settings)
-    print(f"wrote [calibration] to {args.config} ({settings.describe()})")
+    else:
+        save_calibration(args.config, settings)
+        print(f"wrote [calibration] to {args.config} ({settings.describe()})")
+    failed = [(row["path"], row["error"]) for row in report["unreadable"]]
     return report_unreadable(failed, "used in the fit")  # 1: fitted on the rest, as evaluate scores the rest
 
 
